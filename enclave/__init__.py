@@ -1,0 +1,1 @@
+"""The enclave inference server: models, /infer, /attestation and signed receipts."""

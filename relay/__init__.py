@@ -1,0 +1,1 @@
+"""The chain side: contract bindings, enclave registration, event watcher and submitter."""

@@ -1,0 +1,1 @@
+"""The `verinfer` command: one front door over the attestation, enclave and relay packages."""

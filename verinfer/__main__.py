@@ -1,0 +1,5 @@
+import sys
+
+from verinfer.cli import main
+
+sys.exit(main())

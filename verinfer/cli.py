@@ -1,0 +1,32 @@
+"""`verinfer <group> <command>`: each package registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from attestation import cli as attest_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="verinfer", description="verifiable AI inference in attested enclaves"
+    )
+    groups = parser.add_subparsers(dest="group", required=True)
+    attest_cli.register(groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except attest_cli.UsageError as exc:
+        print(f"verinfer: error: {exc}", file=sys.stderr)
+        return attest_cli.EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
