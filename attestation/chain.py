@@ -113,13 +113,13 @@ def verify_chain(
     path = [_load("cabundle", der) for der in cabundle]
     path.append(_load("certificate", certificate))
     ders = (*cabundle, certificate)
+    for position in range(1, len(path)):
+        problem = _signed_by(ders[position], ders[position - 1])
+        if problem is not None:
+            raise AttestationError(Reason.CHAIN_BROKEN, problem)
     for cert in path:
         _check_validity(cert, at)
     for position, cert in enumerate(path[:-1]):
         _check_ca(cert, cas_below=len(path) - 2 - position)
     leaf_key = _check_leaf(path[-1])
-    for position in range(1, len(path)):
-        problem = _signed_by(ders[position], ders[position - 1])
-        if problem is not None:
-            raise AttestationError(Reason.CHAIN_BROKEN, problem)
     return VerifiedChain(leaf_key, tuple(cert.subject.rfc4514_string() for cert in path))

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real hardware documents and a simulator PKI per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from attestation.document import decode
+from attestation.nsm.simulator import SimulatedNsmDevice
+from attestation.sim_pki import SimulatorPki
+
+FIXTURES = Path(__file__).parent / "fixtures" / "attestation"
+VALID = sorted(p for p in (FIXTURES / "valid").iterdir())
+INVALID = sorted(p for p in (FIXTURES / "invalid").iterdir())
+# A non-debug hardware document with a 64-byte public key, used as the base for mutations.
+BASE_SAMPLE = FIXTURES / "valid" / "marlin_oyster__risczero_testcase_aws.bin"
+
+
+def document_time(data: bytes) -> datetime:
+    return datetime.fromtimestamp(decode(data).document.timestamp_ms / 1000, UTC)
+
+
+@pytest.fixture(scope="session")
+def sim_pki(tmp_path_factory: pytest.TempPathFactory) -> SimulatorPki:
+    return SimulatorPki(tmp_path_factory.mktemp("sim-pki"))
+
+
+@pytest.fixture
+def sim_device(sim_pki: SimulatorPki) -> Iterator[SimulatedNsmDevice]:
+    yield SimulatedNsmDevice(sim_pki, {0: b"\x01" * 48, 1: b"\x02" * 48, 2: b"\x03" * 48})
