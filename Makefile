@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck pytest demo bench clean
+.PHONY: setup test lint typecheck pytest demo bench models clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,15 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench_attestation.py
+
+# Retrain and export the shipped models (needs torch; a separate venv keeps it out of the server's).
+TRAIN_VENV := .venv-train
+models:
+	@test -x $(TRAIN_VENV)/bin/python || $(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/python -m pip install --quiet -r models/requirements-train.txt
+	cd models && ../$(TRAIN_VENV)/bin/python train_iris.py
+	cd models && ../$(TRAIN_VENV)/bin/python train_lenet.py
+	cd models && ../$(TRAIN_VENV)/bin/python build_manifest.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo
