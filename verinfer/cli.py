@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from attestation import cli as attest_cli
+from enclave import cli as enclave_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = parser.add_subparsers(dest="group", required=True)
     attest_cli.register(groups)
+    enclave_cli.register(groups)
     return parser
 
 

@@ -1,0 +1,37 @@
+"""Prometheus metrics on a registry of the service's own (no process-global state between app instances)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "verinfer_requests",
+            "Requests served, by endpoint and status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.inferences = Counter(
+            "verinfer_inferences", "Signed inferences, by model.", ["model"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "verinfer_inference_seconds",
+            "Time from parsed request to signed receipt, by model.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "verinfer_errors", "Refused requests, by error code.", ["code"], registry=self.registry
+        )
+        self.info = Gauge(
+            "verinfer_enclave_info",
+            "Constant 1, labelled with the enclave identity.",
+            ["enclave", "simulated"],
+            registry=self.registry,
+        )

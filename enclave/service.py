@@ -1,0 +1,128 @@
+"""The enclave service without HTTP: boot (key, attestation, models), inference with signed receipts."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attestation.document import decode
+from attestation.nsm import NsmClient
+
+from .errors import bad_request
+from .hashing import keccak256
+from .manifest import Manifest
+from .receipts import Receipt, SignedReceipt, sign_receipt
+from .runtime import LoadedModel, ModelRuntime
+from .signer import EnclaveKey, checksum_address
+from .tensors import encode_tensors
+
+log = logging.getLogger("verinfer.enclave")
+MAX_NONCE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    model: LoadedModel
+    outputs: list[tuple[str, np.ndarray]]
+    receipt: SignedReceipt
+
+
+def parse_request_id(value: Any) -> bytes:
+    """The caller's 32-byte request id (0x-hex), or a fresh random one."""
+    if value is None:
+        return os.urandom(32)
+    if isinstance(value, str):
+        try:
+            raw = bytes.fromhex(value.removeprefix("0x"))
+        except ValueError:
+            raw = b""
+        if len(raw) == 32:
+            return raw
+    raise bad_request("invalid_request_id", "request_id must be 0x-prefixed hex of 32 bytes")
+
+
+def parse_nonce(value: str | None) -> bytes | None:
+    if value is None or value == "":
+        return None
+    try:
+        nonce = bytes.fromhex(value.removeprefix("0x"))
+    except ValueError as exc:
+        raise bad_request("invalid_nonce", "nonce must be hex") from exc
+    if len(nonce) > MAX_NONCE:
+        raise bad_request("invalid_nonce", f"nonce must be at most {MAX_NONCE} bytes")
+    return nonce
+
+
+class EnclaveService:
+    """Owns the enclave key. Boot order: key, attestation binding it and the manifest, models warmed."""
+
+    def __init__(self, manifest: Manifest, nsm: NsmClient) -> None:
+        self.manifest = manifest
+        self.nsm = nsm
+        self.simulated = nsm.simulated
+        self.key = EnclaveKey()
+        self.manifest_digest = manifest.digest
+        self.boot_document = nsm.attestation(user_data=self.manifest_digest, public_key=self.key.public_key64)
+        self.runtime = ModelRuntime(manifest)
+        self.address = checksum_address(self.key.address)
+        self.ready = True
+        log.info(
+            "enclave ready: address %s, %d models, NSM %s",
+            self.address,
+            len(self.runtime.models),
+            "SIMULATED (not hardware; development only)" if self.simulated else "Nitro hardware",
+        )
+
+    def infer(
+        self,
+        model: LoadedModel,
+        inputs: list[tuple[str, np.ndarray]],
+        request_id: bytes,
+        only: set[str] | None = None,
+    ) -> InferenceResult:
+        """Run, hash, sign. With `only`, outputs (and outputHash) are just those, in model order."""
+        outputs = model.run(dict(inputs))
+        if only is not None:
+            outputs = [(name, array) for name, array in outputs if name in only]
+        receipt = Receipt(
+            request_id=request_id,
+            model_hash=model.entry.model_hash,
+            input_hash=keccak256(encode_tensors(inputs)),
+            output_hash=keccak256(encode_tensors(outputs)),
+            timestamp_ms=time.time_ns() // 1_000_000,
+        )
+        return InferenceResult(model, outputs, sign_receipt(self.key, receipt))
+
+    def attestation(self, nonce: bytes | None) -> bytes:
+        """A fresh document with the caller's nonce, binding the same key and manifest digest."""
+        return self.nsm.attestation(
+            user_data=self.manifest_digest, nonce=nonce, public_key=self.key.public_key64
+        )
+
+    def attestation_json(self, document: bytes) -> dict[str, Any]:
+        doc = decode(document).document
+        return {
+            "simulated": self.simulated,
+            "warning": "SIMULATED attestation: not produced by AWS Nitro hardware"
+            if self.simulated
+            else None,
+            "format": "COSE_Sign1",
+            "document": base64.b64encode(document).decode(),
+            "enclave": self.address,
+            "publicKey": "0x" + self.key.public_key64.hex(),
+            "manifestDigest": "0x" + self.manifest_digest.hex(),
+            "summary": {
+                "module_id": doc.module_id,
+                "timestamp_ms": doc.timestamp_ms,
+                "pcrs": {str(i): v.hex() for i, v in sorted(doc.pcrs.items())},
+                "nonce": None if doc.nonce is None else doc.nonce.hex(),
+                "user_data": None if doc.user_data is None else doc.user_data.hex(),
+                "public_key": None if doc.public_key is None else doc.public_key.hex(),
+            },
+        }

@@ -1,0 +1,110 @@
+"""The canonical tensor encoding that inputHash and outputHash are taken over (docs/PROTOCOL.md).
+
+    encoding  = u8 version (0x01) || u8 count || tensor * count        (tensors in the model's declared order)
+    tensor    = u8 len(name) || name (UTF-8) || u8 dtype || u8 rank || u32 BE dim * rank || data
+    data      = the elements in row-major order, each little-endian, prod(dims) * size(dtype) bytes
+
+dtype codes are ONNX TensorProto's. Header integers are big-endian (cheap to read in Solidity); element
+data is little-endian, so a C-contiguous numpy array is hashed without conversion.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+ENCODING_VERSION = 1
+MAX_TENSORS = 255
+MAX_RANK = 255
+
+
+@dataclass(frozen=True, slots=True)
+class DType:
+    code: int  # ONNX TensorProto.DataType
+    numpy: np.dtype
+    v2: str  # KServe Open Inference Protocol datatype
+    name: str
+
+
+DTYPES: tuple[DType, ...] = (
+    DType(1, np.dtype("<f4"), "FP32", "float32"),
+    DType(2, np.dtype("u1"), "UINT8", "uint8"),
+    DType(3, np.dtype("i1"), "INT8", "int8"),
+    DType(4, np.dtype("<u2"), "UINT16", "uint16"),
+    DType(5, np.dtype("<i2"), "INT16", "int16"),
+    DType(6, np.dtype("<i4"), "INT32", "int32"),
+    DType(7, np.dtype("<i8"), "INT64", "int64"),
+    DType(9, np.dtype("?"), "BOOL", "bool"),
+    DType(10, np.dtype("<f2"), "FP16", "float16"),
+    DType(11, np.dtype("<f8"), "FP64", "float64"),
+    DType(12, np.dtype("<u4"), "UINT32", "uint32"),
+    DType(13, np.dtype("<u8"), "UINT64", "uint64"),
+)
+BY_NAME = {d.name: d for d in DTYPES}
+BY_V2 = {d.v2: d for d in DTYPES}
+BY_CODE = {d.code: d for d in DTYPES}
+_BY_NUMPY = {d.numpy.newbyteorder("="): d for d in DTYPES} | {d.numpy: d for d in DTYPES}
+
+
+def dtype_of(array: np.ndarray) -> DType:
+    found = _BY_NUMPY.get(array.dtype)
+    if found is None:
+        raise ValueError(f"unsupported tensor dtype {array.dtype}")
+    return found
+
+
+def encode_tensor(name: str, array: np.ndarray) -> bytes:
+    dtype = dtype_of(array)
+    raw_name = name.encode("utf-8")
+    if len(raw_name) > 255 or array.ndim > MAX_RANK:
+        raise ValueError("tensor name longer than 255 bytes or rank above 255")
+    data = np.ascontiguousarray(array, dtype=dtype.numpy)
+    return b"".join(
+        (
+            bytes((len(raw_name),)),
+            raw_name,
+            bytes((dtype.code, array.ndim)),
+            struct.pack(f">{array.ndim}I", *array.shape),
+            data.tobytes(),
+        )
+    )
+
+
+def encode_tensors(tensors: Sequence[tuple[str, np.ndarray]]) -> bytes:
+    """The canonical encoding of named tensors, in the given (model-declared) order."""
+    if len(tensors) > MAX_TENSORS:
+        raise ValueError(f"at most {MAX_TENSORS} tensors")
+    return bytes((ENCODING_VERSION, len(tensors))) + b"".join(encode_tensor(n, a) for n, a in tensors)
+
+
+def decode_tensors(data: bytes) -> list[tuple[str, np.ndarray]]:
+    """Inverse of encode_tensors; raises ValueError on anything that is not exactly one encoding."""
+    if len(data) < 2 or data[0] != ENCODING_VERSION:
+        raise ValueError("not a version 1 tensor encoding")
+    position, tensors = 2, []
+    for _ in range(data[1]):
+        if position >= len(data):
+            raise ValueError("truncated tensor header")
+        name_length = data[position]
+        name_end = position + 1 + name_length
+        if name_end + 2 > len(data):
+            raise ValueError("truncated tensor header")
+        name = data[position + 1 : name_end].decode("utf-8")
+        code, rank = data[name_end], data[name_end + 1]
+        dims_end = name_end + 2 + 4 * rank
+        if code not in BY_CODE or dims_end > len(data):
+            raise ValueError("unknown dtype or truncated shape")
+        shape = struct.unpack_from(f">{rank}I", data, name_end + 2)
+        dtype = BY_CODE[code].numpy
+        size = int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize
+        if dims_end + size > len(data):
+            raise ValueError("truncated tensor data")
+        array = np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=dims_end).reshape(shape)
+        tensors.append((name, array))
+        position = dims_end + size
+    if position != len(data):
+        raise ValueError("trailing bytes after the last tensor")
+    return tensors
