@@ -171,7 +171,8 @@ def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> 
         body = await read_json(request)
         if not isinstance(body, dict) or "inputs" not in body:
             raise bad_request("missing_field", "body needs 'inputs' (a list of tensors)")
-        parameters = body.get("parameters") or {}
+        parameters = body.get("parameters")
+        parameters = {} if parameters is None else parameters
         if not isinstance(parameters, dict):
             raise bad_request("invalid_parameters", "'parameters' must be an object")
         inputs = parse_inputs(model.entry, body["inputs"], v2=True)

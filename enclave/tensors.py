@@ -46,11 +46,11 @@ DTYPES: tuple[DType, ...] = (
 BY_NAME = {d.name: d for d in DTYPES}
 BY_V2 = {d.v2: d for d in DTYPES}
 BY_CODE = {d.code: d for d in DTYPES}
-_BY_NUMPY = {d.numpy.newbyteorder("="): d for d in DTYPES} | {d.numpy: d for d in DTYPES}
+_BY_KIND = {(d.numpy.kind, d.numpy.itemsize): d for d in DTYPES}  # byte order does not matter
 
 
 def dtype_of(array: np.ndarray) -> DType:
-    found = _BY_NUMPY.get(array.dtype)
+    found = _BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
     if found is None:
         raise ValueError(f"unsupported tensor dtype {array.dtype}")
     return found

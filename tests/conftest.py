@@ -23,6 +23,23 @@ def document_time(data: bytes) -> datetime:
     return datetime.fromtimestamp(decode(data).document.timestamp_ms / 1000, UTC)
 
 
+MAX_BODY = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+def server_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-pki")
+
+
+@pytest.fixture(scope="session")
+def server(server_pki: Path) -> Iterator[str]:
+    """A real `verinfer serve` (simulator NSM) on a free loopback port, shared by the session's tests."""
+    from .servers import running_server
+
+    with running_server("--nsm", "sim", "--pki-dir", str(server_pki), "--max-body", str(MAX_BODY)) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def sim_pki(tmp_path_factory: pytest.TempPathFactory) -> SimulatorPki:
     return SimulatorPki(tmp_path_factory.mktemp("sim-pki"))

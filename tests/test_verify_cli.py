@@ -1,0 +1,194 @@
+"""`verinfer verify` on real server output: passes untouched, fails on any tampering."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from verinfer.cli import main
+
+REQUEST = {"model": "iris-mlp", "inputs": [[6.7, 3.0, 5.2, 2.3]]}
+
+
+@pytest.fixture(scope="module")
+def evidence(server: str, server_pki: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("evidence")
+    files = {
+        "request": REQUEST,
+        "response": httpx.post(f"{server}/infer", json=REQUEST).json(),
+        "attestation": httpx.get(f"{server}/attestation", params={"nonce": "5eed"}).json(),
+        "manifest": httpx.get(f"{server}/models").json(),
+    }
+    paths = {name: folder / f"{name}.json" for name in files}
+    for name, data in files.items():
+        paths[name].write_text(json.dumps(data))
+    paths["root"] = server_pki / "root.pem"
+    return paths
+
+
+def run_verify(
+    capsys, evidence: dict[str, Path], response: Path | None = None, *extra: str
+) -> tuple[int, dict]:
+    code = main(
+        [
+            "verify",
+            str(response or evidence["response"]),
+            "--attestation",
+            str(evidence["attestation"]),
+            "--request",
+            str(evidence["request"]),
+            "--manifest",
+            str(evidence["manifest"]),
+            "--root",
+            str(evidence["root"]),
+            "--json",
+            *extra,
+        ]
+    )
+    return code, json.loads(capsys.readouterr().out)
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in report["checks"]}
+
+
+def tampered(evidence: dict[str, Path], tmp_path: Path, mutate) -> Path:
+    response = copy.deepcopy(json.loads(evidence["response"].read_text()))
+    mutate(response)
+    path = tmp_path / "tampered.json"
+    path.write_text(json.dumps(response))
+    return path
+
+
+def test_untouched_evidence_verifies(capsys, evidence) -> None:
+    code, report = run_verify(capsys, evidence)
+    assert code == 0 and report["verified"] and report["simulated"]
+    assert set(statuses(report).values()) == {"pass"}
+
+
+def test_human_output(capsys, evidence) -> None:
+    code = main(
+        [
+            "verify",
+            str(evidence["response"]),
+            "--attestation",
+            str(evidence["attestation"]),
+            "--request",
+            str(evidence["request"]),
+            "--manifest",
+            str(evidence["manifest"]),
+            "--root",
+            str(evidence["root"]),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "VERIFIED [SIMULATED" in out and "[   PASS] signature" in out
+
+
+def test_tampered_output(capsys, evidence, tmp_path) -> None:
+    def mutate(r):
+        r["outputs"][1]["data"] = [1]
+
+    code, report = run_verify(capsys, evidence, tampered(evidence, tmp_path, mutate))
+    assert code == 1 and statuses(report)["output_hash"] == "fail"
+
+
+def test_tampered_output_hash_in_receipt(capsys, evidence, tmp_path) -> None:
+    def mutate(r):
+        r["receipt"]["outputHash"] = "0x" + "00" * 32
+
+    code, report = run_verify(capsys, evidence, tampered(evidence, tmp_path, mutate))
+    assert code == 1 and statuses(report)["signature"] == "fail" and statuses(report)["output_hash"] == "fail"
+
+
+def test_tampered_input(capsys, evidence, tmp_path) -> None:
+    other = tmp_path / "other-request.json"
+    other.write_text(json.dumps({"model": "iris-mlp", "inputs": [[6.7, 3.0, 5.2, 2.4]]}))
+    code, report = run_verify(capsys, {**evidence, "request": other})
+    assert code == 1 and statuses(report)["input_hash"] == "fail"
+
+
+def test_tampered_model_hash(capsys, evidence, tmp_path) -> None:
+    def mutate(r):
+        r["receipt"]["modelHash"] = "0x" + "11" * 32
+
+    code, report = run_verify(capsys, evidence, tampered(evidence, tmp_path, mutate))
+    assert code == 1 and statuses(report)["signature"] == "fail" and statuses(report)["manifest"] == "fail"
+
+
+def test_tampered_timestamp(capsys, evidence, tmp_path) -> None:
+    def mutate(r):
+        r["receipt"]["timestampMs"] += 1
+
+    code, report = run_verify(capsys, evidence, tampered(evidence, tmp_path, mutate))
+    assert code == 1 and statuses(report)["signature"] == "fail"
+
+
+def test_tampered_signature(capsys, evidence, tmp_path) -> None:
+    def mutate(r):
+        sig = r["receipt"]["signature"]
+        r["receipt"]["signature"] = sig[:10] + ("0" if sig[10] != "0" else "1") + sig[11:]
+
+    code, report = run_verify(capsys, evidence, tampered(evidence, tmp_path, mutate))
+    assert code == 1 and statuses(report)["signature"] == "fail"
+
+
+def test_receipt_from_another_enclave(capsys, evidence, tmp_path) -> None:
+    def mutate(r):
+        r["receipt"]["enclave"] = "0x" + "22" * 20
+
+    code, report = run_verify(capsys, evidence, tampered(evidence, tmp_path, mutate))
+    assert code == 1 and statuses(report)["enclave_key"] == "fail"
+
+
+def test_attestation_against_the_aws_root(capsys, evidence) -> None:
+    code = main(
+        ["verify", str(evidence["response"]), "--attestation", str(evidence["attestation"]), "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and statuses(report)["attestation"] == "fail"
+    assert "root_not_trusted" in report["checks"][1]["detail"]
+
+
+def test_wrong_pcr_policy(capsys, evidence) -> None:
+    code, report = run_verify(capsys, evidence, None, "--pcr", "0=" + "00" * 48)
+    assert code == 1 and "pcr_mismatch" in report["checks"][1]["detail"]
+
+
+def test_manifest_that_was_not_attested(capsys, evidence, tmp_path) -> None:
+    manifest = json.loads(evidence["manifest"].read_text())
+    manifest["models"][0]["version"] = "2"
+    other = tmp_path / "manifest.json"
+    other.write_text(json.dumps(manifest))
+    code, report = run_verify(capsys, {**evidence, "manifest": other})
+    assert code == 1 and statuses(report)["manifest"] == "fail"
+
+
+def test_missing_request_is_reported_as_skipped(capsys, evidence) -> None:
+    code = main(
+        [
+            "verify",
+            str(evidence["response"]),
+            "--attestation",
+            str(evidence["attestation"]),
+            "--root",
+            str(evidence["root"]),
+            "--json",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert statuses(report)["input_hash"] == "skipped" and statuses(report)["manifest"] == "skipped"
+
+
+def test_usage_errors(capsys, evidence, tmp_path) -> None:
+    assert (
+        main(["verify", str(tmp_path / "missing.json"), "--attestation", str(evidence["attestation"])]) == 2
+    )
+    bad = tmp_path / "bad-attestation.json"
+    bad.write_text('{"document": 5}')
+    assert main(["verify", str(evidence["response"]), "--attestation", str(bad)]) == 2

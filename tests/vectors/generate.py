@@ -1,0 +1,104 @@
+"""Regenerate the shared test vectors (tensors.json, receipts.json) used by Python and Solidity tests.
+
+Run: .venv/bin/python -m tests.vectors.generate. The vectors are committed; tests check the
+implementation still reproduces them byte for byte, so a change to the encoding cannot go unnoticed.
+The signing key below is a published test key: it signs nothing but these vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from coincurve import PrivateKey
+
+from enclave.hashing import keccak256
+from enclave.receipts import DOMAIN_SEPARATOR, RECEIPT_TYPEHASH, Receipt
+from enclave.signer import address_of, checksum_address
+from enclave.tensors import encode_tensors
+
+HERE = Path(__file__).resolve().parent
+TEST_KEY = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
+
+TENSOR_CASES: list[tuple[str, list[tuple[str, np.ndarray]]]] = [
+    ("iris-mlp input", [("features", np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32))]),
+    (
+        "iris-mlp output",
+        [
+            ("probabilities", np.array([[0.75, 0.125, 0.125]], dtype=np.float32)),
+            ("label", np.array([0], dtype=np.int64)),
+        ],
+    ),
+    ("scalar int32", [("x", np.array(-2, dtype=np.int32))]),
+    ("uint8 image 2x2", [("image", np.array([[0, 255], [16, 1]], dtype=np.uint8))]),
+    ("float64 and bool", [("a", np.array([1.5, -0.0], dtype=np.float64)), ("b", np.array([True, False]))]),
+]
+
+
+def tensor_vectors() -> list[dict[str, object]]:
+    vectors: list[dict[str, object]] = []
+    for label, tensors in TENSOR_CASES:
+        encoded = encode_tensors(tensors)
+        vectors.append(
+            {
+                "label": label,
+                "tensors": [
+                    {"name": n, "dtype": str(a.dtype), "shape": list(a.shape), "data": a.ravel().tolist()}
+                    for n, a in tensors
+                ],
+                "encoding": "0x" + encoded.hex(),
+                "keccak256": "0x" + keccak256(encoded).hex(),
+            }
+        )
+    return vectors
+
+
+def receipt_vectors() -> dict[str, object]:
+    key = PrivateKey(TEST_KEY)
+    address = address_of(key.public_key.format(compressed=False)[1:])
+    cases = []
+    for index, (label, tensors_in, tensors_out) in enumerate(
+        [
+            ("iris-mlp", TENSOR_CASES[0][1], TENSOR_CASES[1][1]),
+            ("zero time", TENSOR_CASES[2][1], TENSOR_CASES[3][1]),
+        ]
+    ):
+        receipt = Receipt(
+            request_id=keccak256(f"request {index}".encode()),
+            model_hash=keccak256(f"model {index}".encode()),
+            input_hash=keccak256(encode_tensors(tensors_in)),
+            output_hash=keccak256(encode_tensors(tensors_out)),
+            timestamp_ms=0 if index else 1732406400123,
+        )
+        signature = key.sign_recoverable(receipt.digest(), hasher=None)
+        cases.append(
+            {
+                "label": label,
+                "requestId": "0x" + receipt.request_id.hex(),
+                "modelHash": "0x" + receipt.model_hash.hex(),
+                "inputHash": "0x" + receipt.input_hash.hex(),
+                "outputHash": "0x" + receipt.output_hash.hex(),
+                "timestampMs": receipt.timestamp_ms,
+                "structHash": "0x" + receipt.struct_hash().hex(),
+                "digest": "0x" + receipt.digest().hex(),
+                "signature": "0x" + (signature[:64] + bytes((signature[64] + 27,))).hex(),
+            }
+        )
+    return {
+        "domainSeparator": "0x" + DOMAIN_SEPARATOR.hex(),
+        "receiptTypehash": "0x" + RECEIPT_TYPEHASH.hex(),
+        "signerPrivateKey": "0x" + TEST_KEY.hex(),
+        "signer": checksum_address(address),
+        "receipts": cases,
+    }
+
+
+def main() -> None:
+    (HERE / "tensors.json").write_text(json.dumps(tensor_vectors(), indent=2) + "\n")
+    (HERE / "receipts.json").write_text(json.dumps(receipt_vectors(), indent=2) + "\n")
+    print(f"wrote {HERE / 'tensors.json'} and {HERE / 'receipts.json'}")
+
+
+if __name__ == "__main__":
+    main()
