@@ -34,7 +34,7 @@ def server_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(server_pki: Path) -> Iterator[str]:
     """A real `verinfer serve` (simulator NSM) on a free loopback port, shared by the session's tests."""
-    from .servers import running_server
+    from verinfer.processes import running_server
 
     with running_server("--nsm", "sim", "--pki-dir", str(server_pki), "--max-body", str(MAX_BODY)) as url:
         yield url

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from enclave.vsock import vsock_listener
-
-from .servers import VERINFER, free_port
+from verinfer.processes import VERINFER, free_port
 
 
 def test_proxy_forwards_to_the_server(server: str) -> None:

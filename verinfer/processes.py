@@ -1,4 +1,4 @@
-"""Starting real servers for tests: a `verinfer serve` process on a free loopback port."""
+"""Running `verinfer serve` as a real process on a free loopback port (the demo and the tests)."""
 
 from __future__ import annotations
 
@@ -37,11 +37,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
 
 
 @contextmanager
-def running_server(*args: str) -> Iterator[str]:
+def running_server(*args: str, log: Path | None = None) -> Iterator[str]:
+    """Start the server, wait until /v2/health/ready answers, stop it on exit. Yields its base URL."""
     port = free_port()
+    output = log.open("wb") if log else subprocess.PIPE
     process = subprocess.Popen(
         [VERINFER, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -55,3 +57,5 @@ def running_server(*args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if log:
+            output.close()  # type: ignore[union-attr]
