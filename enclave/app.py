@@ -67,15 +67,15 @@ def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> 
                 try:
                     response = await handler(request)
                 except ApiError as error:
-                    metrics.errors.labels(code=error.code).inc()
-                    metrics.requests.labels(endpoint=name, status=str(error.status)).inc()
+                    metrics.error_counter(error.code).inc()
+                    metrics.request_counter(name, error.status).inc()
                     body = (
                         {"error": error.message, "code": error.code}
                         if v2
                         else {"code": error.code, "message": error.message}
                     )
                     return json_response(body, error.status)
-                metrics.requests.labels(endpoint=name, status=str(response.status_code)).inc()
+                metrics.request_counter(name, response.status_code).inc()
                 return response
 
             return run
@@ -90,8 +90,8 @@ def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> 
     ) -> InferenceResult:
         start = time.perf_counter()
         result = service.infer(model, inputs, request_id, only)
-        metrics.latency.labels(model=model.entry.name).observe(time.perf_counter() - start)
-        metrics.inferences.labels(model=model.entry.name).inc()
+        metrics.model_latency(model.entry.name).observe(time.perf_counter() - start)
+        metrics.model_inferences(model.entry.name).inc()
         return result
 
     @endpoint("infer")
@@ -203,7 +203,7 @@ def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> 
         app.add_api_route(path, handler, methods=methods, include_in_schema=True)
 
     async def unexpected(_request: Request, exc: Exception) -> Response:
-        metrics.errors.labels(code="internal").inc()
+        metrics.error_counter("internal").inc()
         return json_response({"code": "internal", "message": f"internal error: {type(exc).__name__}"}, 500)
 
     app.add_exception_handler(Exception, unexpected)

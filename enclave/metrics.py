@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -35,3 +37,20 @@ class Metrics:
             ["enclave", "simulated"],
             registry=self.registry,
         )
+
+    # labels() costs a few microseconds per call; children are fixed per label set, so look each up once.
+    @cache  # noqa: B019 - one Metrics per app, kept for its lifetime
+    def request_counter(self, endpoint: str, status: int) -> Counter:
+        return self.requests.labels(endpoint=endpoint, status=str(status))
+
+    @cache  # noqa: B019
+    def model_latency(self, model: str) -> Histogram:
+        return self.latency.labels(model=model)
+
+    @cache  # noqa: B019
+    def model_inferences(self, model: str) -> Counter:
+        return self.inferences.labels(model=model)
+
+    @cache  # noqa: B019
+    def error_counter(self, code: str) -> Counter:
+        return self.errors.labels(code=code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from coincurve import PrivateKey
@@ -16,8 +17,9 @@ def address_of(public_key64: bytes) -> bytes:
     return keccak256(public_key64)[12:]
 
 
+@lru_cache(maxsize=1024)
 def checksum_address(address: bytes) -> str:
-    """EIP-55 mixed-case hex."""
+    """EIP-55 mixed-case hex (cached: the enclave address is on every receipt)."""
     plain = address.hex()
     digest = keccak256(plain.encode()).hex()
     return "0x" + "".join(c.upper() if int(digest[i], 16) >= 8 else c for i, c in enumerate(plain))
