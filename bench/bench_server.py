@@ -126,8 +126,12 @@ def main(total: int = 3000) -> None:
                 print(f"{name} (body {len(body)} bytes)")
                 results = {}
                 for concurrency in (1, 8):
-                    echo_result = run_load("127.0.0.1", echo_port, "/echo", body, total, concurrency)
-                    infer_result = run_load("127.0.0.1", port, "/infer", body, total, concurrency)
+                    echo_result = run_load(
+                        "127.0.0.1", echo_port, "/echo", body, total=total, concurrency=concurrency
+                    )
+                    infer_result = run_load(
+                        "127.0.0.1", port, "/infer", body, total=total, concurrency=concurrency
+                    )
                     results[concurrency] = (echo_result, infer_result)
                     print(row(f"echo, c={concurrency}", echo_result))
                     print(row(f"signed /infer, c={concurrency}", infer_result))

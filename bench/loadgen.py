@@ -69,7 +69,7 @@ async def _run(host: str, port: int, request: bytes, total: int, concurrency: in
     return LoadResult(per_worker * concurrency, time.perf_counter() - start, latencies)
 
 
-def run_load(host: str, port: int, path: str, body: bytes, total: int, concurrency: int) -> LoadResult:
+def run_load(host: str, port: int, path: str, body: bytes, *, total: int, concurrency: int) -> LoadResult:
     request = build_request(f"{host}:{port}", path, body)
     asyncio.run(_run(host, port, request, max(concurrency, total // 10), concurrency))  # warm-up
     return asyncio.run(_run(host, port, request, total, concurrency))
