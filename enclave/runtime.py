@@ -25,6 +25,7 @@ class LoadedModel:
     entry: ModelEntry
     session: ort.InferenceSession
     output_names: list[str]
+    output_specs: dict[str, TensorSpec]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
         try:
@@ -65,7 +66,9 @@ class ModelRuntime:
                 raise ValueError(
                     f"{entry.name}: manifest inputs {entry.inputs} differ from the graph's {declared}"
                 )
-            model = LoadedModel(entry, session, [o.name for o in entry.outputs])
+            model = LoadedModel(
+                entry, session, [o.name for o in entry.outputs], {o.name: o for o in entry.outputs}
+            )
             model.run({spec.name: _zeros(spec) for spec in entry.inputs})  # warm up
             self.models[entry.name] = model
 
@@ -91,11 +94,11 @@ def to_array(spec: TensorSpec, data: Any, shape: Sequence[int] | None = None) ->
     if raw.size > MAX_BATCH_ELEMENTS:
         raise bad_request("tensor_too_large", f"{spec.name}: more than {MAX_BATCH_ELEMENTS} elements")
     if spec.dtype.numpy.kind == "f":
-        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-            raise bad_request("invalid_value", f"{spec.name}: values must be finite")
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             array = raw.astype(spec.dtype.numpy)
-        if not np.isfinite(array).all():
+        if not np.isfinite(array).all():  # one check on the hot path; work out which problem only on failure
+            if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+                raise bad_request("invalid_value", f"{spec.name}: values must be finite")
             raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
     else:
         if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):

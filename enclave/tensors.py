@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -56,21 +57,21 @@ def dtype_of(array: np.ndarray) -> DType:
     return found
 
 
+@lru_cache(maxsize=4096)
+def _header(name: str, code: int, shape: tuple[int, ...]) -> bytes:
+    """Everything before the data; the same few (name, dtype, shape) recur on every request."""
+    raw_name = name.encode("utf-8")
+    if len(raw_name) > 255 or len(shape) > MAX_RANK:
+        raise ValueError("tensor name longer than 255 bytes or rank above 255")
+    dims = struct.pack(f">{len(shape)}I", *shape)
+    return bytes((len(raw_name),)) + raw_name + bytes((code, len(shape))) + dims
+
+
 def encode_tensor(name: str, array: np.ndarray) -> bytes:
     dtype = dtype_of(array)
-    raw_name = name.encode("utf-8")
-    if len(raw_name) > 255 or array.ndim > MAX_RANK:
-        raise ValueError("tensor name longer than 255 bytes or rank above 255")
-    data = np.ascontiguousarray(array, dtype=dtype.numpy)
-    return b"".join(
-        (
-            bytes((len(raw_name),)),
-            raw_name,
-            bytes((dtype.code, array.ndim)),
-            struct.pack(f">{array.ndim}I", *array.shape),
-            data.tobytes(),
-        )
-    )
+    if array.dtype.byteorder == ">" or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=dtype.numpy)
+    return _header(name, dtype.code, array.shape) + array.tobytes()
 
 
 def encode_tensors(tensors: Sequence[tuple[str, np.ndarray]]) -> bytes:

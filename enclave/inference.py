@@ -1,0 +1,129 @@
+"""The inference endpoints as functions from request bytes to (status, response bytes).
+
+Kept free of any web framework so the hot path pays only for parsing, inference, hashing and signing;
+enclave/fastpath.py serves them over ASGI. Errors become the endpoint family's JSON shape: {code, message}
+for /infer, {error, code} for the V2 protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import ApiError, bad_request
+from .metrics import Metrics
+from .runtime import LoadedModel, parse_inputs
+from .service import EnclaveService, InferenceResult, parse_request_id
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+Reply = tuple[int, bytes]
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("invalid_json", f"body is not valid JSON: {exc}") from exc
+
+
+def tensor_json(name: str, array: np.ndarray, model: LoadedModel) -> dict[str, Any]:
+    spec = model.output_specs[name]
+    return {"name": name, "datatype": spec.dtype.v2, "shape": list(array.shape), "data": array.ravel()}
+
+
+def error_body(error: ApiError, *, v2: bool) -> bytes:
+    shape = (
+        {"error": error.message, "code": error.code} if v2 else {"code": error.code, "message": error.message}
+    )
+    return orjson.dumps(shape)
+
+
+class InferenceEndpoints:
+    def __init__(self, service: EnclaveService, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    def _run(
+        self,
+        model: LoadedModel,
+        inputs: list[tuple[str, np.ndarray]],
+        request_id: bytes,
+        only: set[str] | None,
+    ) -> InferenceResult:
+        start = time.perf_counter()
+        result = self.service.infer(model, inputs, request_id, only)
+        self.metrics.model_latency(model.entry.name).observe(time.perf_counter() - start)
+        self.metrics.model_inferences(model.entry.name).inc()
+        return result
+
+    def _reply(self, endpoint: str, build: Any, *, v2: bool) -> Reply:
+        try:
+            payload = build()
+        except ApiError as error:
+            self.metrics.error_counter(error.code).inc()
+            self.metrics.request_counter(endpoint, error.status).inc()
+            return error.status, error_body(error, v2=v2)
+        self.metrics.request_counter(endpoint, 200).inc()
+        return 200, orjson.dumps(payload, option=_NUMPY)
+
+    def infer(self, body: bytes) -> Reply:
+        """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt."""
+
+        def build() -> dict[str, Any]:
+            request = parse_json(body)
+            if not isinstance(request, dict):
+                raise bad_request("invalid_json", "body must be a JSON object {model, inputs, request_id?}")
+            if "model" not in request or "inputs" not in request:
+                raise bad_request("missing_field", "body needs 'model' and 'inputs'")
+            model = self.service.runtime.get(request["model"])
+            inputs = parse_inputs(model.entry, request["inputs"])
+            result = self._run(model, inputs, parse_request_id(request.get("request_id")), None)
+            return {
+                "model": model.entry.name,
+                "model_version": model.entry.version,
+                "outputs": [tensor_json(n, a, model) for n, a in result.outputs],
+                "receipt": result.receipt.to_json(),
+                "simulated": self.service.simulated,
+            }
+
+        return self._reply("infer", build, v2=False)
+
+    def v2_infer(self, name: str, body: bytes) -> Reply:
+        """POST /v2/models/{name}/infer: the Open Inference Protocol, receipt in `parameters`."""
+
+        def build() -> dict[str, Any]:
+            model = self.service.runtime.get(name)
+            request = parse_json(body)
+            if not isinstance(request, dict) or "inputs" not in request:
+                raise bad_request("missing_field", "body needs 'inputs' (a list of tensors)")
+            parameters = request.get("parameters")
+            parameters = {} if parameters is None else parameters
+            if not isinstance(parameters, dict):
+                raise bad_request("invalid_parameters", "'parameters' must be an object")
+            inputs = parse_inputs(model.entry, request["inputs"], v2=True)
+            wanted = requested_outputs(request.get("outputs"), model)
+            result = self._run(model, inputs, parse_request_id(parameters.get("request_id")), wanted)
+            response: dict[str, Any] = {
+                "model_name": model.entry.name,
+                "model_version": model.entry.version,
+                "outputs": [tensor_json(n, a, model) for n, a in result.outputs],
+                "parameters": {"receipt": result.receipt.to_json(), "simulated": self.service.simulated},
+            }
+            if "id" in request:
+                response["id"] = request["id"]
+            return response
+
+        return self._reply("v2_infer", build, v2=True)
+
+
+def requested_outputs(value: Any, model: LoadedModel) -> set[str] | None:
+    """V2 lets callers pick outputs; the receipt's outputHash then covers exactly the returned ones."""
+    if value is None:
+        return None
+    names = set(model.output_specs)
+    if not isinstance(value, list) or not all(isinstance(o, dict) and o.get("name") in names for o in value):
+        raise bad_request("unknown_output", f"requested outputs must be among {sorted(names)}")
+    return {o["name"] for o in value}
