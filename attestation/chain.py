@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 
@@ -50,10 +50,17 @@ def _signed_by(subject_der: bytes, issuer_der: bytes) -> str | None:
 
 
 def _load(field: str, der: bytes) -> x509.Certificate:
+    """Parse and touch every field the checks read: cryptography decodes some of them lazily."""
     try:
-        return _parse(der)
-    except ValueError as exc:
-        raise malformed(field, f"not a DER X.509 certificate: {exc}") from exc
+        cert = _parse(der)
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature_algorithm_oid)
+        _ = cert.extensions
+        cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise malformed(field, f"not a usable DER X.509 certificate: {exc}") from exc
+    return cert
 
 
 def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:

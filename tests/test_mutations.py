@@ -179,3 +179,15 @@ def test_missing_required_field() -> None:
 def test_short_signature() -> None:
     forged = encode_sign1(SIGNED.cose.protected, SIGNED.cose.payload, SIGNED.cose.signature[:64])
     assert rejection(forged) == "malformed:signature"
+
+
+def test_unparsable_subject_in_the_leaf_is_malformed_not_a_crash() -> None:
+    # Regression (found by test_properties): cryptography decodes names lazily, so a bad tag inside the
+    # leaf's subject used to escape as ValueError while an error message was being built.
+    leaf = bytearray(SIGNED.document.certificate)
+    position = leaf.rindex(b"Amazon") - 2  # the subject's O= value: tag, length, "Amazon"
+    assert leaf[position] in (0x0C, 0x13)
+    leaf[position] = 0x0D
+    doc = dataclasses.replace(SIGNED.document, certificate=bytes(leaf))
+    forged = encode_sign1(SIGNED.cose.protected, doc.encode_payload(), SIGNED.cose.signature)
+    assert rejection(forged) == "malformed:certificate"
