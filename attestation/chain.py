@@ -58,7 +58,7 @@ def _load(field: str, der: bytes) -> x509.Certificate:
         _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature_algorithm_oid)
         _ = cert.extensions
         cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise malformed(field, f"not a usable DER X.509 certificate: {exc}") from exc
     return cert
 

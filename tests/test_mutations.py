@@ -191,3 +191,12 @@ def test_unparsable_subject_in_the_leaf_is_malformed_not_a_crash() -> None:
     doc = dataclasses.replace(SIGNED.document, certificate=bytes(leaf))
     forged = encode_sign1(SIGNED.cose.protected, doc.encode_payload(), SIGNED.cose.signature)
     assert rejection(forged) == "malformed:certificate"
+
+
+def test_bad_certificate_version_is_malformed() -> None:
+    # Regression: cryptography raises InvalidVersion, which is not a ValueError.
+    root, regional, zonal, instance = SIGNED.document.cabundle
+    cert = bytearray(zonal)
+    position = cert.index(b"\xa0\x03\x02\x01\x02") + 4  # [0] EXPLICIT Version INTEGER 2 (v3)
+    cert[position] = 0x38
+    assert rejection(with_cabundle((root, regional, bytes(cert), instance))) == "malformed:cabundle"
