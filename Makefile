@@ -32,7 +32,8 @@ demo: setup
 	$(BIN)/python -m verinfer.demo
 
 bench: setup
-	$(BIN)/python bench/bench_attestation.py
+	$(BIN)/python -m bench.bench_attestation
+	$(BIN)/python -m bench.bench_server
 
 # Retrain and export the shipped models (needs torch; a separate venv keeps it out of the server's).
 TRAIN_VENV := .venv-train
