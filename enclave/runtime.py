@@ -101,10 +101,11 @@ def to_array(spec: TensorSpec, data: Any, shape: Sequence[int] | None = None) ->
                 raise bad_request("invalid_value", f"{spec.name}: values must be finite")
             raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
     else:
-        if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
-            raise bad_request("invalid_dtype", f"{spec.name}: expected integers of type {spec.dtype.name}")
         info = np.iinfo(spec.dtype.numpy)
-        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+        wanted = f"{spec.name}: expected integers of type {spec.dtype.name}"
+        if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+            raise bad_request("invalid_dtype", wanted)
+        if raw.size and _out_of_range(raw, info):
             raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
         array = raw.astype(spec.dtype.numpy)
     if shape is not None:
@@ -115,6 +116,14 @@ def to_array(spec: TensorSpec, data: Any, shape: Sequence[int] | None = None) ->
         array = array.reshape(shape)
     check_shape(spec, array.shape)
     return np.ascontiguousarray(array)
+
+
+def _out_of_range(raw: np.ndarray, info: np.iinfo) -> bool:
+    if raw.dtype.kind == "f":
+        # numpy turns big integers mixed with small ones into float64; compare with the exact power-of-two
+        # bounds, because at float precision 2**63 equals int64's maximum.
+        return bool(raw.min() < float(info.min) or raw.max() >= float(info.max + 1))
+    return bool(raw.min() < info.min or raw.max() > info.max)
 
 
 def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
