@@ -5,9 +5,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck pytest demo bench models clean
+NPM_STAMP := node_modules/.installed
 
-setup: $(STAMP)
+.PHONY: setup test lint typecheck pytest demo bench models contracts clean
+
+setup: $(STAMP) $(NPM_STAMP)
+
+# anvil (local EVM for tests and the demo) and solc-js, pinned in package-lock.json.
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Rebuild the committed ABI + bytecode artifacts; the tests fail when they are stale.
+contracts: $(NPM_STAMP)
+	node contracts/build.mjs
 
 # Reinstalls only when the project definition changes, so repeated runs are quick.
 $(STAMP): pyproject.toml
@@ -45,4 +56,4 @@ models:
 	cd models && ../$(TRAIN_VENV)/bin/python build_manifest.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo
