@@ -13,7 +13,7 @@ setup: $(STAMP) $(NPM_STAMP)
 
 # anvil (local EVM for tests and the demo) and solc-js, pinned in package-lock.json.
 $(NPM_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # Rebuild the committed ABI + bytecode artifacts; the tests fail when they are stale.
