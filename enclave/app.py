@@ -16,12 +16,12 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
-from .errors import ApiError
+from .errors import ApiError, bad_request
 from .fastpath import InferenceFastPath
-from .inference import InferenceEndpoints, error_body
+from .inference import InferenceEndpoints, error_body, parse_json
 from .metrics import Metrics
 from .runtime import LoadedModel
-from .service import EnclaveService, parse_nonce
+from .service import MAX_BATCH, EnclaveService, parse_nonce
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
@@ -66,6 +66,15 @@ def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> 
         if "application/cbor" in request.headers.get("accept", ""):
             return Response(document, media_type="application/cbor", headers=simulated_header)
         return json_response(service.attestation_json(document), headers=simulated_header)
+
+    @endpoint("receipts_batch")
+    async def post_receipts_batch(request: Request) -> Response:
+        body = parse_json(await request.body())
+        start = body.get("from", 0) if isinstance(body, dict) else None
+        limit = body.get("max", MAX_BATCH) if isinstance(body, dict) else None
+        if type(start) is not int or type(limit) is not int or start < 0 or limit < 1:
+            raise bad_request("invalid_batch", "body must be {from: sequence >= 0, max: count >= 1}")
+        return json_response(service.receipt_batch(start, limit))
 
     @endpoint("models")
     async def get_models(_request: Request) -> Response:
@@ -113,6 +122,7 @@ def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> 
     for path, handler, methods in (
         ("/attestation", get_attestation, ["GET"]),
         ("/models", get_models, ["GET"]),
+        ("/receipts/batch", post_receipts_batch, ["POST"]),
         ("/metrics", get_metrics, ["GET"]),
         ("/v2", v2_server, ["GET"]),
         ("/v2/health/live", v2_live, ["GET"]),

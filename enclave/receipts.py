@@ -33,6 +33,14 @@ _PREFIX = b"\x19\x01" + DOMAIN_SEPARATOR
 SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 
+BATCH_TYPEHASH = keccak256(b"ReceiptBatch(bytes32 root,uint32 count)")
+
+
+def batch_digest(root: bytes, count: int) -> bytes:
+    """The EIP-712 digest an enclave signs to vouch for a Merkle root over `count` of its receipts."""
+    return keccak256(_PREFIX + keccak256(BATCH_TYPEHASH + root + count.to_bytes(32, "big")))
+
+
 class ReceiptError(ValueError):
     """A receipt that is malformed or whose signature does not recover."""
 
@@ -127,13 +135,18 @@ def sign_receipt(key: EnclaveKey, receipt: Receipt) -> SignedReceipt:
 
 def recover_signer(receipt: Receipt, signature: bytes) -> bytes:
     """The address that signed `receipt`; rejects malleable (high-s) and malformed signatures."""
+    return recover_address(receipt.digest(), signature)
+
+
+def recover_address(digest: bytes, signature: bytes) -> bytes:
+    """The address whose key signed the 32-byte `digest` (65-byte r || s || v, low-s, v in {27, 28})."""
     if len(signature) != 65 or signature[64] not in (27, 28):
         raise ReceiptError("signature must be 65 bytes r || s || v with v in {27, 28}")
     if int.from_bytes(signature[32:64], "big") > SECP256K1_HALF_N:
         raise ReceiptError("signature s is not in the lower half of the curve order")
     try:
         public = PublicKey.from_signature_and_message(
-            signature[:64] + bytes((signature[64] - 27,)), receipt.digest(), hasher=None
+            signature[:64] + bytes((signature[64] - 27,)), digest, hasher=None
         )
     except Exception as exc:  # coincurve raises plain Exception for unrecoverable signatures
         raise ReceiptError(f"signature does not recover: {exc}") from exc

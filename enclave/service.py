@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,16 +16,19 @@ import numpy as np
 from attestation.document import decode
 from attestation.nsm import NsmClient
 
-from .errors import bad_request
+from . import merkle
+from .errors import ApiError, bad_request
 from .hashing import keccak256
 from .manifest import Manifest
-from .receipts import Receipt, SignedReceipt, sign_receipt
+from .receipts import Receipt, SignedReceipt, batch_digest, sign_receipt
 from .runtime import LoadedModel, ModelRuntime
 from .signer import EnclaveKey, checksum_address
 from .tensors import encode_tensors
 
 log = logging.getLogger("verinfer.enclave")
 MAX_NONCE = 1024
+RECEIPT_LOG_SIZE = 100_000
+MAX_BATCH = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +67,13 @@ def parse_nonce(value: str | None) -> bytes | None:
 class EnclaveService:
     """Owns the enclave key. Boot order: key, attestation binding it and the manifest, models warmed."""
 
-    def __init__(self, manifest: Manifest, nsm: NsmClient) -> None:
+    def __init__(
+        self, manifest: Manifest, nsm: NsmClient, *, receipt_log_size: int = RECEIPT_LOG_SIZE
+    ) -> None:
         self.manifest = manifest
+        # Receipts issued, by sequence number, for batch anchoring: (first sequence number, receipts).
+        self.receipt_log: deque[SignedReceipt] = deque(maxlen=receipt_log_size)
+        self.receipt_log_start = 0
         self.nsm = nsm
         self.simulated = nsm.simulated
         self.key = EnclaveKey()
@@ -97,7 +107,32 @@ class EnclaveService:
             output_hash=keccak256(encode_tensors(outputs)),
             timestamp_ms=time.time_ns() // 1_000_000,
         )
-        return InferenceResult(model, outputs, sign_receipt(self.key, receipt))
+        signed = sign_receipt(self.key, receipt)
+        if len(self.receipt_log) == self.receipt_log.maxlen:
+            self.receipt_log_start += 1
+        self.receipt_log.append(signed)
+        return InferenceResult(model, outputs, signed)
+
+    def receipt_batch(self, start: int, limit: int) -> dict[str, Any]:
+        """A signed Merkle root over receipts [start, start + limit) of this enclave's log (PROTOCOL.md)."""
+        if start < self.receipt_log_start:
+            raise ApiError(
+                410, "receipts_evicted", f"receipts before {self.receipt_log_start} are no longer kept"
+            )
+        offset = start - self.receipt_log_start
+        batch = list(itertools.islice(self.receipt_log, offset, offset + min(limit, MAX_BATCH)))
+        if not batch:
+            return {"from": start, "count": 0, "next": start}
+        root = merkle.root([r.receipt.digest() for r in batch])
+        return {
+            "from": start,
+            "count": len(batch),
+            "next": start + len(batch),
+            "root": "0x" + root.hex(),
+            "enclave": self.address,
+            "signature": "0x" + self.key.sign_digest(batch_digest(root, len(batch))).hex(),
+            "receipts": [r.to_json() for r in batch],
+        }
 
     def attestation(self, nonce: bytes | None) -> bytes:
         """A fresh document with the caller's nonce, binding the same key and manifest digest."""
