@@ -12,6 +12,8 @@ from attestation.document import decode
 from attestation.nsm.simulator import SimulatedNsmDevice
 from attestation.sim_pki import SimulatorPki
 
+from .chain_fixtures import anvil, chain, snapshot  # noqa: F401  (pytest fixtures)
+
 FIXTURES = Path(__file__).parent / "fixtures" / "attestation"
 VALID = sorted(p for p in (FIXTURES / "valid").iterdir())
 INVALID = sorted(p for p in (FIXTURES / "invalid").iterdir())

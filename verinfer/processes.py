@@ -59,3 +59,53 @@ def running_server(*args: str, log: Path | None = None) -> Iterator[str]:
             process.wait()
         if log:
             output.close()  # type: ignore[union-attr]
+
+
+ANVIL = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "anvil"
+# anvil's default development accounts (public test keys from its fixed mnemonic): never use on a real chain.
+ANVIL_KEYS = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+)
+
+
+@contextmanager
+def running_anvil(*args: str) -> Iterator[str]:
+    """A real anvil (pinned in package.json, installed by `make setup`) on a free loopback port."""
+    if not ANVIL.exists():
+        raise FileNotFoundError(f"{ANVIL} is missing: run `make setup` (npm install) first")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"anvil exited: {process.stderr.read().decode() if process.stderr else ''}"
+                )
+            try:
+                body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+                if httpx.post(url, json=body, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("anvil did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
