@@ -92,6 +92,10 @@ class TxSender:
         self._next_nonce = max(chain_nonce, self._next_nonce or 0)
         return self._next_nonce
 
+    def forget_nonce(self) -> None:
+        """Trust the chain's nonce again (after a reorg dropped transactions this sender had counted)."""
+        self._next_nonce = None
+
     def gas_price(self) -> int:
         price = int(self.w3.eth.gas_price)
         if self.gas_price_cap is not None and price > self.gas_price_cap:

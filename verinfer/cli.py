@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from attestation import cli as attest_cli
 from enclave import cli as enclave_cli
+from relay import cli as relay_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True)
     attest_cli.register(groups)
     enclave_cli.register(groups)
+    relay_cli.register(groups)
     return parser
 
 
