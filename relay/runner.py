@@ -361,3 +361,7 @@ class Relay:
                     "RPC or network problem (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
                 )
                 time.sleep(delay)
+            except Exception:  # a relay degrades rather than exits; the traceback says what to fix
+                failures += 1
+                log.exception("unexpected error in the relay loop; retrying")
+                time.sleep(min(30.0, poll_interval * 2 ** min(failures, 5)))

@@ -130,18 +130,20 @@ class RelayState:
         )
         return cursor.rowcount
 
-    def _rows(self, where: str, params: tuple[object, ...]) -> list[RequestRow]:
+    def _rows(self, where: str, params: tuple[object, ...], limit: int = -1) -> list[RequestRow]:
         """`where` is always one of this module's constant clauses; values go through parameters."""
         columns = "id, block_number, model_hash, input, deadline, status, attempts, tx_hash, tx_raw, tx_nonce"
-        query = f"SELECT {columns}, submitted_at FROM requests WHERE {where} ORDER BY block_number, id"  # noqa: S608
+        query = (
+            f"SELECT {columns}, submitted_at FROM requests WHERE {where} ORDER BY block_number, id LIMIT ?"  # noqa: S608
+        )
         rows = self.db.execute(
             query,
-            params,
+            (*params, limit),
         ).fetchall()
         return [RequestRow(*row) for row in rows]
 
     def due(self, now: float, limit: int = 32) -> list[RequestRow]:
-        return self._rows("status = ? AND next_attempt <= ? LIMIT ?", (PENDING, now, limit))
+        return self._rows("status = ? AND next_attempt <= ?", (PENDING, now), limit)
 
     def submitted(self) -> list[RequestRow]:
         return self._rows("status = ?", (SUBMITTED,))

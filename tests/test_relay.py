@@ -1,0 +1,427 @@
+"""The real relay process against anvil and real enclave servers: end to end, crashes, outages, reorgs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from web3.logs import DISCARD
+
+from attestation import Policy, TrustedRoot
+from enclave import merkle
+from enclave.receipts import SignedReceipt
+from enclave.tensors import encode_tensors
+from relay.chain import TxSender, connect, deploy
+from relay.registration import attest_enclave, sign_registration, submit_registration
+from relay.runner import Relay
+from relay.state import RelayState
+from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, running_server
+
+from .chain_fixtures import Chain
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST = np.load(REPO / "models" / "data" / "mnist-eval.npz")
+
+
+def digit_input(index: int) -> tuple[bytes, int]:
+    image = (MNIST["x"][index : index + 1, None] / 255.0).astype(np.float32)
+    return encode_tensors([("image", image)]), int(MNIST["y"][index])
+
+
+def iris_input() -> bytes:
+    return encode_tensors([("features", np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32))])
+
+
+class Miner:
+    """Mines a block every `interval` seconds, as a live chain would, until stopped."""
+
+    def __init__(self, chain: Chain, interval: float = 0.2) -> None:
+        self.chain = chain
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Miner:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        w3 = connect(self.chain.url)
+        while not self._stop.wait(self.interval):
+            w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+@pytest.fixture
+def miner(chain: Chain) -> Iterator[Miner]:
+    m = Miner(chain).start()
+    yield m
+    m.stop()
+
+
+@contextmanager
+def relay_process(
+    chain: Chain, enclaves: list[str], db: Path, *, key: int = 2, extra: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "VERINFER_KEY": ANVIL_KEYS[key]}
+    log = db.with_suffix(f".{int(time.time() * 1000)}.log").open("wb")
+    process = subprocess.Popen(
+        [
+            VERINFER,
+            "relay",
+            "run",
+            "--rpc",
+            chain.url,
+            "--contract",
+            chain.contract.address,
+            "--enclave",
+            ",".join(enclaves),
+            "--db",
+            str(db),
+            "--confirmations",
+            "1",
+            "--poll",
+            "0.1",
+            "--start-block",
+            str(chain.w3.eth.block_number),
+            *extra,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+        log.close()
+
+
+def statuses(db: Path) -> dict[str, str]:
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as conn:
+        try:
+            return dict(conn.execute("SELECT id, status FROM requests").fetchall())
+        except sqlite3.OperationalError:  # the relay has not created its schema yet
+            return {}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def request(chain: Chain, model: str, data: bytes, sender: TxSender | None = None) -> str:
+    sender = sender or chain.user
+    receipt = sender.transact(chain.contract.functions.requestInference(chain.models[model], data, 0, 3600))
+    event = chain.contract.events.InferenceRequested().process_receipt(receipt, errors=DISCARD)[0]
+    return "0x" + bytes(event["args"]["requestId"]).hex()
+
+
+def fulfilments(chain: Chain, request_id: str, from_block: int = 0) -> list:
+    logs = chain.contract.events.InferenceFulfilled().get_logs(
+        from_block=from_block, argument_filters={"requestId": bytes.fromhex(request_id[2:])}
+    )
+    return list(logs)
+
+
+def chain_status(chain: Chain, request_id: str) -> int:
+    return int(chain.contract.functions.requests(bytes.fromhex(request_id[2:])).call()[3])
+
+
+def test_consumer_request_is_served_end_to_end(
+    chain: Chain, server: str, miner: Miner, tmp_path: Path
+) -> None:
+    consumer = deploy(
+        chain.admin, "ClassifierConsumer", chain.contract.address, chain.models["mnist-lenet"], "digit"
+    )
+    iris = deploy(
+        chain.admin, "ClassifierConsumer", chain.contract.address, chain.models["iris-mlp"], "label"
+    )
+    db = tmp_path / "relay.sqlite3"
+    with relay_process(chain, [server], db):
+        asked = []
+        for index in range(3):
+            data, digit = digit_input(index)
+            tx = chain.user.transact(consumer.functions.classify(data, 300_000, 3600), value=10**14)
+            event = chain.contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]
+            asked.append(("0x" + bytes(event["args"]["requestId"]).hex(), digit))
+        tx = chain.user.transact(iris.functions.classify(iris_input(), 300_000, 3600))
+        iris_id = chain.contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]["args"][
+            "requestId"
+        ]
+        wait_for(lambda: all(statuses(db).get(rid) == "fulfilled" for rid, _ in asked), what="fulfilment")
+        wait_for(lambda: iris.functions.answered(iris_id).call(), what="iris callback")
+    for request_id, digit in asked:
+        assert consumer.functions.answered(bytes.fromhex(request_id[2:])).call()
+        assert consumer.functions.labels(bytes.fromhex(request_id[2:])).call() == digit
+        assert len(fulfilments(chain, request_id)) == 1
+    assert iris.functions.labels(iris_id).call() == 2  # virginica
+
+
+def test_kill_9_between_submit_and_confirmation(chain: Chain, server: str, tmp_path: Path) -> None:
+    """The relay dies with its fulfil transaction in the mempool; the restarted relay confirms it, once."""
+    db = tmp_path / "relay.sqlite3"
+    start = ("--start-block", str(chain.w3.eth.block_number))
+    ids = [request(chain, "iris-mlp", iris_input()) for _ in range(2)]
+    chain.rpc("evm_mine")
+    chain.rpc("evm_setAutomine", False)
+    try:
+        with relay_process(chain, [server], db, extra=start) as relay:
+            wait_for(lambda: all(statuses(db).get(i) == "submitted" for i in ids), what="submission")
+            relay.send_signal(signal.SIGKILL)
+            relay.wait()
+        for _ in range(3):
+            chain.rpc("evm_mine")
+    finally:
+        chain.rpc("evm_setAutomine", True)
+    assert all(chain_status(chain, i) == 2 for i in ids)  # fulfilled on chain by the dead relay's transaction
+    with relay_process(chain, [server], db, extra=start):
+        wait_for(
+            lambda: all(statuses(db).get(i) == "fulfilled" for i in ids), what="confirmation after restart"
+        )
+    for request_id in ids:
+        assert len(fulfilments(chain, request_id)) == 1
+
+
+def test_kill_9_after_seeing_before_serving(chain: Chain, tmp_path: Path, server: str, miner: Miner) -> None:
+    """The relay has recorded requests it could not serve yet (enclave unreachable) and is killed."""
+    db = tmp_path / "relay.sqlite3"
+    dead_enclave = f"http://127.0.0.1:{free_port()}"
+    start = ("--start-block", str(chain.w3.eth.block_number))
+    ids = [request(chain, "iris-mlp", iris_input()) for _ in range(2)]
+    with relay_process(chain, [dead_enclave], db, extra=start) as relay:
+        wait_for(lambda: set(ids) <= set(statuses(db)), what="requests recorded")
+        relay.send_signal(signal.SIGKILL)
+        relay.wait()
+    assert all(statuses(db)[i] == "pending" for i in ids)
+    with relay_process(chain, [server], db, extra=start):
+        wait_for(
+            lambda: all(statuses(db).get(i) == "fulfilled" for i in ids), what="fulfilment after restart"
+        )
+    assert all(len(fulfilments(chain, i)) == 1 for i in ids)
+
+
+def test_crash_between_recording_and_broadcasting(
+    chain: Chain, server: str, tmp_path: Path, miner: Miner
+) -> None:
+    """Signed and written to SQLite, never sent: a new relay re-broadcasts the very same transaction."""
+    first_block = chain.w3.eth.block_number
+    request_id = request(chain, "iris-mlp", iris_input())
+    state = RelayState(tmp_path / "relay.sqlite3")
+    sender = TxSender(chain.w3, chain.relay.account)
+    relay = Relay(
+        chain.w3,
+        chain.contract,
+        sender,
+        [server],
+        state,
+        confirmations=1,
+        start_block=first_block,
+    )
+    wait_for(lambda: (relay.scan(), state.request(request_id) is not None)[1], what="request confirmed")
+    row = state.request(request_id)
+    assert row is not None
+    signed, output = relay._infer(relay.enclaves[0], row)
+    call = chain.contract.functions.fulfill(
+        bytes.fromhex(request_id[2:]), output, signed.receipt.timestamp_ms, chain.enclave, signed.signature
+    )
+    tx = sender.sign(call)
+    state.record_signed(request_id, tx.tx_hash, tx.raw, tx.nonce)  # ... and the process dies here
+    state.close()
+    restarted = Relay(
+        chain.w3,
+        chain.contract,
+        TxSender(chain.w3, chain.relay.account),
+        [server],
+        RelayState(tmp_path / "relay.sqlite3"),
+        confirmations=1,
+    )
+    wait_for(
+        lambda: (restarted.step(), restarted.state.request(request_id).status == "fulfilled")[1],  # type: ignore[union-attr]
+        what="re-broadcast",
+    )
+    events = fulfilments(chain, request_id)
+    assert len(events) == 1 and "0x" + bytes(events[0]["transactionHash"]).hex() == tx.tx_hash
+
+
+def test_enclave_unreachable_for_a_while(chain: Chain, server: str, tmp_path: Path, miner: Miner) -> None:
+    db = tmp_path / "relay.sqlite3"
+    port = free_port()
+    proxy_cmd = [
+        VERINFER,
+        "proxy",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        server.removeprefix("http://"),
+    ]
+    with relay_process(chain, [f"http://127.0.0.1:{port}"], db):
+        request_id = request(chain, "iris-mlp", iris_input())
+        time.sleep(3)  # the enclave is unreachable: the relay retries with backoff
+        assert statuses(db).get(request_id) == "pending"
+        proxy = subprocess.Popen(proxy_cmd)
+        try:
+            wait_for(
+                lambda: statuses(db).get(request_id) == "fulfilled", timeout=90, what="fulfilment once back"
+            )
+        finally:
+            proxy.terminate()
+            proxy.wait()
+    assert len(fulfilments(chain, request_id)) == 1
+
+
+def test_reorg_of_the_last_blocks_loses_nothing(chain: Chain, server: str, tmp_path: Path) -> None:
+    db = tmp_path / "relay.sqlite3"
+    miner = Miner(chain).start()
+    try:
+        signed = chain.user.sign(
+            chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600)
+        )
+        chain.user.broadcast(signed)
+        wait_for(lambda: chain.user.receipt(signed.tx_hash) is not None, what="request mined")
+        request_block = chain.user.receipt(signed.tx_hash)["blockNumber"]
+        request_id = (
+            "0x"
+            + bytes(
+                chain.contract.events.InferenceRequested().process_receipt(
+                    chain.user.receipt(signed.tx_hash), errors=DISCARD
+                )[0]["args"]["requestId"]
+            ).hex()
+        )
+        with relay_process(chain, [server], db, extra=("--start-block", str(request_block - 1))):
+            wait_for(lambda: statuses(db).get(request_id) == "fulfilled", what="first fulfilment")
+            miner.stop()
+            depth = chain.w3.eth.block_number - request_block + 1
+            # Replace every block since the request: the request comes back, the relay's fulfilment does not.
+            chain.rpc("anvil_reorg", depth, [["0x" + signed.raw.hex(), 0]])
+            assert chain_status(chain, request_id) == 1
+            assert fulfilments(chain, request_id, request_block) == []
+            miner.start()
+            wait_for(lambda: chain_status(chain, request_id) == 2, what="fulfilment after the reorg")
+            wait_for(
+                lambda: statuses(db).get(request_id) == "fulfilled", what="relay confirmation after the reorg"
+            )
+        assert len(fulfilments(chain, request_id, request_block)) == 1
+    finally:
+        miner.stop()
+        chain.user.forget_nonce()
+
+
+def test_two_relays_two_enclaves_each_request_once(
+    chain: Chain, server: str, server_pki: Path, tmp_path: Path, miner: Miner
+) -> None:
+    with running_server("--nsm", "sim", "--pki-dir", str(server_pki)) as second:
+        attested = attest_enclave(second, Policy(root=TrustedRoot.from_file(server_pki / "root.pem")))
+        registration = sign_registration(
+            chain.verifier_key, attested, chain_id=chain.w3.eth.chain_id, contract=chain.contract.address
+        )
+        submit_registration(chain.admin, chain.contract, registration)
+        start = chain.w3.eth.block_number
+        ids = [
+            request(
+                chain, "iris-mlp" if i % 2 else "mnist-lenet", iris_input() if i % 2 else digit_input(i)[0]
+            )
+            for i in range(8)
+        ]
+        begin = ("--start-block", str(start))
+        with (
+            relay_process(chain, [server, second], tmp_path / "a.sqlite3", key=2, extra=begin),
+            relay_process(chain, [second, server], tmp_path / "b.sqlite3", key=4, extra=begin),
+        ):
+            wait_for(lambda: all(chain_status(chain, i) == 2 for i in ids), timeout=90, what="all fulfilled")
+            done = ("fulfilled", "settled")
+            wait_for(
+                lambda: (
+                    all(statuses(tmp_path / "a.sqlite3").get(i) in done for i in ids)
+                    and all(statuses(tmp_path / "b.sqlite3").get(i) in done for i in ids)
+                ),
+                what="both relays agree",
+            )
+    for request_id in ids:
+        assert len(fulfilments(chain, request_id, start)) == 1
+    enclaves_used = {e["args"]["enclave"] for i in ids for e in fulfilments(chain, i, start)}
+    assert chain.enclave in enclaves_used
+
+
+def test_gas_price_cap_is_respected(chain: Chain, server: str, tmp_path: Path, miner: Miner) -> None:
+    first_block = chain.w3.eth.block_number
+    request_id = request(chain, "iris-mlp", iris_input())
+    capped = TxSender(chain.w3, chain.relay.account, gas_price_cap=1)
+    relay = Relay(
+        chain.w3,
+        chain.contract,
+        capped,
+        [server],
+        RelayState(tmp_path / "capped.sqlite3"),
+        confirmations=1,
+        start_block=first_block,
+    )
+    wait_for(lambda: (relay.step(), relay.state.request(request_id) is not None)[1], what="request confirmed")
+    for _ in range(3):
+        relay.step()
+        time.sleep(0.3)
+    row = relay.state.request(request_id)
+    assert row is not None and row.status == "pending" and row.attempts >= 1
+    assert chain_status(chain, request_id) == 1
+    uncapped = Relay(
+        chain.w3,
+        chain.contract,
+        TxSender(chain.w3, chain.relay.account),
+        [server],
+        relay.state,
+        confirmations=1,
+    )
+    wait_for(
+        lambda: (uncapped.step(), chain_status(chain, request_id) == 2)[1], what="fulfilment without cap"
+    )
+
+
+def test_relay_anchors_receipt_batches(chain: Chain, server: str, tmp_path: Path, miner: Miner) -> None:
+    for _ in range(4):
+        httpx.post(f"{server}/infer", json={"model": "iris-ols", "inputs": [[5.1, 3.5, 1.4]]})
+    start = chain.w3.eth.block_number
+    db = tmp_path / "relay.sqlite3"
+    with relay_process(chain, [server], db, extra=("--anchor-min", "1", "--anchor-max", "4096")):
+        wait_for(
+            lambda: bool(chain.contract.events.BatchAnchored().get_logs(from_block=start)), what="anchor"
+        )
+    event = chain.contract.events.BatchAnchored().get_logs(from_block=start)[0]["args"]
+    with sqlite3.connect(db) as conn:
+        receipts_json = conn.execute(
+            "SELECT receipts FROM batches WHERE root = ?", ("0x" + bytes(event["root"]).hex(),)
+        ).fetchone()[0]
+    import json
+
+    receipts = [SignedReceipt.from_json(r) for r in json.loads(receipts_json)]
+    assert len(receipts) == event["count"]
+    digests = [r.receipt.digest() for r in receipts]
+    last = receipts[-1].receipt
+    enclave = chain.contract.functions.proveReceipt(
+        (last.request_id, last.model_hash, last.input_hash, last.output_hash, last.timestamp_ms),
+        event["root"],
+        merkle.proof(digests, len(digests) - 1),
+    ).call()
+    assert enclave == event["enclave"]
