@@ -133,6 +133,16 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "
         time.sleep(0.1)
 
 
+def after(action: Callable[[], object], check: Callable[[], bool]) -> Callable[[], bool]:
+    """A wait_for condition that first runs `action` (one relay step), then checks."""
+
+    def run() -> bool:
+        action()
+        return check()
+
+    return run
+
+
 def request(chain: Chain, model: str, data: bytes, sender: TxSender | None = None) -> str:
     sender = sender or chain.user
     receipt = sender.transact(chain.contract.functions.requestInference(chain.models[model], data, 0, 3600))
@@ -241,7 +251,7 @@ def test_crash_between_recording_and_broadcasting(
         confirmations=1,
         start_block=first_block,
     )
-    wait_for(lambda: (relay.scan(), state.request(request_id) is not None)[1], what="request confirmed")
+    wait_for(after(relay.scan, lambda: state.request(request_id) is not None), what="request confirmed")
     row = state.request(request_id)
     assert row is not None
     signed, output = relay._infer(relay.enclaves[0], row)
@@ -260,7 +270,10 @@ def test_crash_between_recording_and_broadcasting(
         confirmations=1,
     )
     wait_for(
-        lambda: (restarted.step(), restarted.state.request(request_id).status == "fulfilled")[1],  # type: ignore[union-attr]
+        after(
+            restarted.step,
+            lambda: getattr(restarted.state.request(request_id), "status", None) == "fulfilled",
+        ),
         what="re-broadcast",
     )
     events = fulfilments(chain, request_id)
@@ -379,7 +392,7 @@ def test_gas_price_cap_is_respected(chain: Chain, server: str, tmp_path: Path, m
         confirmations=1,
         start_block=first_block,
     )
-    wait_for(lambda: (relay.step(), relay.state.request(request_id) is not None)[1], what="request confirmed")
+    wait_for(after(relay.step, lambda: relay.state.request(request_id) is not None), what="request confirmed")
     for _ in range(3):
         relay.step()
         time.sleep(0.3)
@@ -395,7 +408,7 @@ def test_gas_price_cap_is_respected(chain: Chain, server: str, tmp_path: Path, m
         confirmations=1,
     )
     wait_for(
-        lambda: (uncapped.step(), chain_status(chain, request_id) == 2)[1], what="fulfilment without cap"
+        after(uncapped.step, lambda: chain_status(chain, request_id) == 2), what="fulfilment without cap"
     )
 
 
