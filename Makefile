@@ -45,6 +45,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench.bench_attestation
 	$(BIN)/python -m bench.bench_server
+	$(BIN)/python -m bench.bench_gas
 
 # Retrain and export the shipped models (needs torch; a separate venv keeps it out of the server's).
 TRAIN_VENV := .venv-train
