@@ -5,17 +5,32 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sqlite3
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+from eth_account import Account
+from web3.logs import DISCARD
 
 from attestation.measure import measure_tree
+from enclave import merkle
+from enclave.image import measure_image
+from enclave.receipts import SignedReceipt
+from enclave.tensors import encode_tensors
+from relay.chain import TxSender, connect, deploy
+from relay.deployment import configure, deploy_verifier
+from relay.registration import image_id
 
 from .cli import main as verinfer
-from .processes import running_server
+from .processes import ANVIL_KEYS, VERINFER, free_port, running_anvil, running_server
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"
@@ -106,14 +121,8 @@ def demo_requests() -> dict[str, dict[str, object]]:
     }
 
 
-def inference_steps(pki: Path) -> None:
-    step("7. Start the enclave server (simulated NSM): key generated in memory, attestation, models warmed")
-    print(f"$ verinfer serve --nsm sim --pki-dir {pki}   (log: {WORK / 'server.log'})")
-    with (
-        running_server("--nsm", "sim", "--pki-dir", str(pki), log=WORK / "server.log") as url,
-        httpx.Client(base_url=url) as client,
-    ):
-        print(f"ready at {url}")
+def inference_steps(url: str, pki: Path) -> None:
+    with httpx.Client(base_url=url) as client:
         manifest = client.get("/models").json()
         (WORK / "manifest.json").write_text(json.dumps(manifest))
         names = ", ".join(m["name"] for m in manifest["models"])
@@ -176,11 +185,211 @@ def inference_steps(pki: Path) -> None:
     )
 
 
+def chain_steps(url: str, pki: Path) -> None:
+    step("12. Start a local EVM (anvil, pinned in package.json) and deploy the InferenceVerifier")
+    with ExitStack() as stack:
+        rpc = stack.enter_context(running_anvil())
+        w3 = connect(rpc)
+        admin, user = (TxSender(w3, Account.from_key(ANVIL_KEYS[i])) for i in (0, 3))
+        verifier_key, relay_key = Account.from_key(ANVIL_KEYS[1]), Account.from_key(ANVIL_KEYS[2])
+        contract = deploy_verifier(admin)
+        print(f"anvil at {rpc}; InferenceVerifier at {contract.address} (admin {admin.account.address})")
+
+        step("13. The admin approves the image (keccak256(PCR0||PCR1||PCR2)), the models and a verifier key")
+        pcrs = measure_image(REPO / "models").pcrs
+        image = image_id(pcrs)
+        models = json.loads((WORK / "manifest.json").read_text())["models"]
+        configure(
+            admin,
+            contract,
+            images=[image],
+            models=[bytes.fromhex(m["sha256"]) for m in models],
+            attestation_verifiers=[verifier_key.address],
+        )
+        print(f"image 0x{image.hex()} (PCR0 {pcrs[0].hex()[:24]}...)")
+        print(f"models: {', '.join(m['name'] for m in models)}; verifier {verifier_key.address}")
+
+        step("14. Register the enclave through the attestation verifier service (fresh nonce, PCR policy)")
+        verifier_port = free_port()
+        stack.enter_context(
+            background(
+                [
+                    VERINFER,
+                    "relay",
+                    "verifier",
+                    "--port",
+                    str(verifier_port),
+                    "--root",
+                    str(pki / "root.pem"),
+                    "--pcr",
+                    f"0={pcrs[0].hex()}",
+                    "--pcr",
+                    f"1={pcrs[1].hex()}",
+                    "--pcr",
+                    f"2={pcrs[2].hex()}",
+                ],
+                env={"VERINFER_KEY": ANVIL_KEYS[1]},
+                log=WORK / "verifier.log",
+                ready_url=f"http://127.0.0.1:{verifier_port}/",
+            )
+        )
+        os.environ["VERINFER_KEY"] = ANVIL_KEYS[0]
+        run(
+            "relay",
+            "register",
+            "--enclave",
+            url,
+            "--rpc",
+            rpc,
+            "--contract",
+            contract.address,
+            "--verifier-url",
+            f"http://127.0.0.1:{verifier_port}",
+        )
+
+        step("15. A consumer contract asks mnist-lenet for a digit; the relay serves it through the enclave")
+        consumer = deploy(
+            admin,
+            "ClassifierConsumer",
+            contract.address,
+            next(bytes.fromhex(m["sha256"]) for m in models if m["name"] == "mnist-lenet"),
+            "digit",
+        )
+        mnist = np.load(REPO / "models" / "data" / "mnist-eval.npz")
+        image_input = encode_tensors([("image", (mnist["x"][7:8, None] / 255.0).astype(np.float32))])
+        tx = user.transact(consumer.functions.classify(image_input, 300_000, 3600), value=10**15)
+        request_id = bytes(
+            contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]["args"]["requestId"]
+        )
+        print(
+            f"consumer {consumer.address} requested 0x{request_id.hex()} (true digit {int(mnist['y'][7])}), "
+            f"fee 0.001 ETH"
+        )
+        print(
+            f"$ verinfer relay run --enclave {url} --rpc {rpc} --contract {contract.address} --anchor-min 1"
+        )
+        stack.enter_context(
+            background(
+                [
+                    VERINFER,
+                    "relay",
+                    "run",
+                    "--enclave",
+                    url,
+                    "--rpc",
+                    rpc,
+                    "--contract",
+                    contract.address,
+                    "--db",
+                    str(WORK / "relay.sqlite3"),
+                    "--confirmations",
+                    "1",
+                    "--poll",
+                    "0.2",
+                    "--anchor-min",
+                    "1",
+                    "--anchor-max",
+                    "4096",
+                ],
+                env={"VERINFER_KEY": relay_key.key.hex()},
+                log=WORK / "relay.log",
+            )
+        )
+        stack.enter_context(mining(w3))
+        wait(lambda: consumer.functions.answered(request_id).call(), "the callback")
+        fulfilled = contract.events.InferenceFulfilled().get_logs(
+            from_block=0, argument_filters={"requestId": request_id}
+        )[0]["args"]
+        print(
+            f"fulfilled by relay {fulfilled['fulfiller']} with a receipt from enclave {fulfilled['enclave']}"
+        )
+        print(f"callback landed: consumer.labels(request) = {consumer.functions.labels(request_id).call()}")
+
+        step("16. The relay anchors the enclave's HTTP receipts as one Merkle batch; one is proven on-chain")
+        wait(lambda: bool(contract.events.BatchAnchored().get_logs(from_block=0)), "a batch")
+        batch = contract.events.BatchAnchored().get_logs(from_block=0)[0]["args"]
+        root = bytes(batch["root"])
+        print(f"anchored {batch['count']} receipts from {batch['enclave']} under root 0x{root.hex()}")
+        served = json.loads((WORK / "response-iris-mlp.json").read_text())["receipt"]
+        proven = prove_inclusion(contract, root, served)
+        print(f"proveReceipt(iris-mlp receipt {served['requestId'][:18]}...) -> enclave {proven}")
+
+
+def prove_inclusion(contract: Any, root: bytes, receipt_json: dict[str, Any]) -> str:
+    """Rebuild the batch from the relay's SQLite record and prove one receipt's inclusion on-chain."""
+    with sqlite3.connect(WORK / "relay.sqlite3") as db:
+        stored = db.execute("SELECT receipts FROM batches WHERE root = ?", ("0x" + root.hex(),)).fetchone()[0]
+    receipts = [SignedReceipt.from_json(r) for r in json.loads(stored)]
+    digests = [r.receipt.digest() for r in receipts]
+    target = SignedReceipt.from_json(receipt_json).receipt
+    index = digests.index(target.digest())
+    args = (target.request_id, target.model_hash, target.input_hash, target.output_hash, target.timestamp_ms)
+    enclave: str = contract.functions.proveReceipt(args, root, merkle.proof(digests, index)).call()
+    return enclave
+
+
+@contextmanager
+def background(
+    command: list[str], *, env: dict[str, str], log: Path, ready_url: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            if ready_url:
+                wait(lambda: _answers(ready_url), f"{command[1]} {command[2]} to start")
+            yield process
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def mining(w3: Any, interval: float = 0.3) -> Iterator[threading.Event]:
+    """Mine a block every `interval` seconds, as a live chain would (anvil otherwise mines only on demand)."""
+    stop = threading.Event()
+
+    def mine() -> None:
+        while not stop.wait(interval):
+            w3.provider.make_request("evm_mine", [])
+
+    thread = threading.Thread(target=mine, daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join()
+
+
+def wait(condition: Any, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: timed out waiting for {what}")
+        time.sleep(0.2)
+
+
 def main() -> None:
     WORK.mkdir(exist_ok=True)
+    for stale in ("relay.sqlite3", "relay.sqlite3-wal", "relay.sqlite3-shm"):
+        (WORK / stale).unlink(missing_ok=True)
     pki = WORK / "sim-pki"
     attestation_steps(pki)
-    inference_steps(pki)
+    step("7. Start the enclave server (simulated NSM): key generated in memory, attestation, models warmed")
+    print(f"$ verinfer serve --nsm sim --pki-dir {pki}   (log: {WORK / 'server.log'})")
+    with running_server("--nsm", "sim", "--pki-dir", str(pki), log=WORK / "server.log") as url:
+        print(f"ready at {url}")
+        inference_steps(url, pki)
+        chain_steps(url, pki)
     print(f"\nDemo complete. Evidence files are in {WORK}.")
 
 
