@@ -1,0 +1,237 @@
+"""The relay's command line and verifier service, and how keys are loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+from fastapi.testclient import TestClient
+
+from attestation import Policy, TrustedRoot
+from relay.keys import KeyError_, load_account
+from relay.verifier_service import create_verifier_app
+from verinfer.cli import main
+from verinfer.processes import ANVIL_KEYS, VERINFER, free_port
+
+from .chain_fixtures import Chain
+
+
+def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_KEY", ANVIL_KEYS[1])
+    assert load_account(key_env="TEST_KEY").address == Account.from_key(ANVIL_KEYS[1]).address
+
+
+def test_key_from_keystore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keystore = tmp_path / "key.json"
+    keystore.write_text(
+        json.dumps(Account.encrypt(bytes.fromhex(ANVIL_KEYS[2][2:]), "correct horse", iterations=2))
+    )
+    monkeypatch.setenv("KS_PASSWORD", "correct horse")
+    account = load_account(keystore=keystore, password_env="KS_PASSWORD")
+    assert account.address == Account.from_key(ANVIL_KEYS[2]).address
+    monkeypatch.setenv("KS_PASSWORD", "wrong")
+    with pytest.raises(KeyError_) as info:
+        load_account(keystore=keystore, password_env="KS_PASSWORD")
+    assert "wrong" not in str(info.value) and ANVIL_KEYS[2][2:] not in str(info.value)
+
+
+def test_bad_key_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_KEY", "0xnot-a-key-but-secret-looking")
+    with pytest.raises(KeyError_) as info:
+        load_account(key_env="TEST_KEY")
+    assert "secret-looking" not in str(info.value) and info.value.__cause__ is None
+    with pytest.raises(KeyError_, match="MISSING_KEY"):
+        load_account(key_env="MISSING_KEY")
+
+
+def test_relay_never_logs_its_key(chain: Chain, server: str, tmp_path: Path) -> None:
+    env = {**os.environ, "VERINFER_KEY": ANVIL_KEYS[4]}
+    process = subprocess.Popen(
+        [
+            VERINFER,
+            "relay",
+            "run",
+            "--rpc",
+            chain.url,
+            "--contract",
+            chain.contract.address,
+            "--enclave",
+            server,
+            "--db",
+            str(tmp_path / "r.sqlite3"),
+            "--poll",
+            "0.1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        output, _ = process.communicate(timeout=3)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        output, _ = process.communicate()
+    assert Account.from_key(ANVIL_KEYS[4]).address.encode() in output
+    assert ANVIL_KEYS[4][2:].encode() not in output
+
+
+def test_verifier_service_signs_only_verified_enclaves(chain: Chain, server: str, server_pki: Path) -> None:
+    policy = Policy(root=TrustedRoot.from_file(server_pki / "root.pem"))
+    client = TestClient(create_verifier_app(chain.verifier_key, policy))
+    assert client.get("/").json()["verifier"] == chain.verifier_key.address
+    body = {"enclave": server, "chainId": chain.w3.eth.chain_id, "contract": chain.contract.address}
+    signed = client.post("/registrations", json=body).json()
+    assert signed["enclave"] == chain.enclave
+    aws = TestClient(create_verifier_app(chain.verifier_key, Policy()))
+    refused = aws.post("/registrations", json=body)
+    assert refused.status_code == 422 and "root_not_trusted" in refused.json()["message"]
+    pcr_policy = Policy(root=policy.root, expected_pcrs={0: bytes(48)})
+    assert (
+        TestClient(create_verifier_app(chain.verifier_key, pcr_policy))
+        .post("/registrations", json=body)
+        .status_code
+        == 422
+    )
+    assert client.post("/registrations", json={"enclave": server}).status_code == 400
+    assert client.post("/registrations", content=b"{").status_code == 400
+
+
+def test_register_command_with_a_local_verifier_key(
+    snapshot: Chain, server: str, server_pki: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("ADMIN_KEY", ANVIL_KEYS[0])
+    monkeypatch.setenv("VERIFIER_KEY", ANVIL_KEYS[1])
+    argv = [
+        "relay",
+        "register",
+        "--enclave",
+        server,
+        "--rpc",
+        snapshot.url,
+        "--contract",
+        snapshot.contract.address,
+        "--verifier-key-env",
+        "VERIFIER_KEY",
+        "--key-env",
+        "ADMIN_KEY",
+        "--root",
+        str(server_pki / "root.pem"),
+    ]
+    assert main(argv) == 0
+    assert "registered enclave" in capsys.readouterr().out
+    assert main([*argv[:-2], "--root", "aws"]) == 1  # the simulator's document is not AWS hardware
+    assert "root_not_trusted" in capsys.readouterr().out
+    monkeypatch.setenv("VERIFIER_KEY", ANVIL_KEYS[5])  # not a trusted verifier on chain
+    assert main(argv) == 1
+    assert "UntrustedVerifier" in capsys.readouterr().out
+
+
+def test_register_command_through_the_verifier_service(
+    snapshot: Chain, server: str, server_pki: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    port = free_port()
+    verifier = subprocess.Popen(
+        [VERINFER, "relay", "verifier", "--port", str(port), "--root", str(server_pki / "root.pem")],
+        env={**os.environ, "VERINFER_KEY": ANVIL_KEYS[1]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        monkeypatch.setenv("ADMIN_KEY", ANVIL_KEYS[0])
+        code = main(
+            [
+                "relay",
+                "register",
+                "--enclave",
+                server,
+                "--rpc",
+                snapshot.url,
+                "--contract",
+                snapshot.contract.address,
+                "--verifier-url",
+                url,
+                "--key-env",
+                "ADMIN_KEY",
+            ]
+        )
+        assert code == 0, capsys.readouterr().out
+        assert (
+            main(
+                [
+                    "relay",
+                    "register",
+                    "--enclave",
+                    "http://127.0.0.1:1",
+                    "--rpc",
+                    snapshot.url,
+                    "--contract",
+                    snapshot.contract.address,
+                    "--verifier-url",
+                    url,
+                    "--key-env",
+                    "ADMIN_KEY",
+                ]
+            )
+            == 1
+        )
+        assert "attestation_rejected" in capsys.readouterr().out
+    finally:
+        verifier.terminate()
+        verifier.wait(timeout=10)
+
+
+def test_usage_errors(capsys) -> None:
+    assert (
+        main(
+            [
+                "relay",
+                "run",
+                "--rpc",
+                "http://127.0.0.1:1",
+                "--contract",
+                "0x0",
+                "--enclave",
+                "x",
+                "--key-env",
+                "UNSET_VARIABLE_FOR_TEST",
+            ]
+        )
+        == 2
+    )
+    assert "UNSET_VARIABLE_FOR_TEST" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "relay",
+                "register",
+                "--enclave",
+                "x",
+                "--rpc",
+                "http://127.0.0.1:1",
+                "--contract",
+                "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            ]
+        )
+        == 2
+    )
+
+
+def test_deploy_command(chain: Chain, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("VERINFER_KEY", ANVIL_KEYS[5])
+    assert main(["relay", "deploy", "--rpc", chain.url]) == 0
+    address = capsys.readouterr().out.strip()
+    deployed = chain.w3.eth.contract(address=address, abi=chain.contract.abi)
+    assert deployed.functions.admin().call() == Account.from_key(ANVIL_KEYS[5]).address
