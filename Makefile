@@ -7,9 +7,18 @@ STAMP := $(VENV)/.installed
 
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup test lint typecheck pytest demo bench models contracts clean
+.PHONY: setup test lint typecheck pytest demo bench models contracts image image-tools enclave-lock clean
 
-setup: $(STAMP) $(NPM_STAMP)
+setup: $(STAMP) $(NPM_STAMP) image-tools
+
+# buildah and debootstrap (Debian packages) build and test the enclave image. Installed when running as
+# root with apt (CI, fresh machines); otherwise the image test fails and says what to install.
+image-tools:
+	@if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null; \
+	  else echo "note: install buildah and debootstrap to build the enclave image (tests/test_enclave_image.py)"; fi; \
+	fi
 
 # anvil (local EVM for tests and the demo) and solc-js, pinned in package-lock.json.
 $(NPM_STAMP): package.json package-lock.json
@@ -47,6 +56,21 @@ bench: setup
 	$(BIN)/python -m bench.bench_server
 	$(BIN)/python -m bench.bench_gas
 
+# Pin the enclave image's dependencies by hash (requirements-enclave.in -> requirements-enclave.lock).
+enclave-lock: setup
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --strip-extras --output-file requirements-enclave.lock requirements-enclave.in
+
+# Stage the build context and build the image with buildah (see docs/ENCLAVE_IMAGE.md for docker/nitro-cli).
+IMAGE_DIR := build/enclave-image
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
+image: setup
+	$(BIN)/verinfer image stage $(IMAGE_DIR)/context
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --require-hashes -r requirements-enclave.lock \
+	  -d $(IMAGE_DIR)/context/wheels
+	buildah bud --isolation chroot --timestamp 0 --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  -f $(IMAGE_DIR)/context/Dockerfile.enclave -t localhost/verinfer-enclave:latest $(IMAGE_DIR)/context
+
 # Retrain and export the shipped models (needs torch; a separate venv keeps it out of the server's).
 TRAIN_VENV := .venv-train
 models:
@@ -57,4 +81,4 @@ models:
 	cd models && ../$(TRAIN_VENV)/bin/python build_manifest.py
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo
+	rm -rf $(VENV) node_modules build .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo

@@ -135,7 +135,43 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(subparsers: Any) -> None:
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .hashing import keccak256
+    from .image import SOURCE_ROOT, measure_image
+
+    root = Path(args.root) if args.root else SOURCE_ROOT
+    models = Path(args.models) if args.models else root / "models"
+    measurement = measure_image(models, root)
+    image_id = "0x" + keccak256(measurement.pcr0 + measurement.pcr1 + measurement.pcr2).hex()
+    if args.json:
+        pcrs = {str(i): v.hex() for i, v in measurement.pcrs.items()}
+        print(json.dumps({"pcrs": pcrs, "imageId": image_id, "files": list(measurement.files)}, indent=2))
+    else:
+        for index, value in measurement.pcrs.items():
+            print(f"PCR{index} {value.hex()}")
+        print(f"imageId {image_id}   (keccak256(PCR0 || PCR1 || PCR2), what the contract approves)")
+        print(f"{len(measurement.files)} files measured (simulator PCRs; hardware ones come from nitro-cli)")
+    return EXIT_OK
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from .image import SOURCE_ROOT, stage_context
+
+    models = Path(args.models) if args.models else SOURCE_ROOT / "models"
+    measurement = stage_context(Path(args.dest), models_dir=models)
+    print(f"staged {len(measurement.files)} files in {args.dest} (PCR0 {measurement.pcr0.hex()})")
+    return EXIT_OK
+
+
+def register_measure(subparsers: Any, name: str) -> None:
+    measure = subparsers.add_parser(name, help="the image measurement the simulator reports as PCR0-2")
+    measure.add_argument("--root", help="source (or image /app) root; default: this installation")
+    measure.add_argument("--models", help="models directory; default: ROOT/models")
+    measure.add_argument("--json", action="store_true")
+    measure.set_defaults(handler=cmd_measure)
+
+
+def register_serve(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="run the enclave inference server")
     where = serve.add_mutually_exclusive_group()
     where.add_argument(
@@ -155,6 +191,19 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--pki-dir", default=None, help="simulator PKI directory (with --nsm sim)")
     serve.add_argument("--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES")
     serve.set_defaults(handler=cmd_serve)
+
+
+def register(subparsers: Any) -> None:
+    register_serve(subparsers)
+    image = subparsers.add_parser("image", help="the enclave image: measurement and build context")
+    image_commands = image.add_subparsers(dest="image_command", required=True)
+    register_measure(image_commands, "measure")
+    stage = image_commands.add_parser(
+        "stage", help="write Dockerfile.enclave's build context (exactly the image)"
+    )
+    stage.add_argument("dest")
+    stage.add_argument("--models", help="models directory (default: the repository's models/)")
+    stage.set_defaults(handler=cmd_stage)
 
     check = subparsers.add_parser("verify", help="verify an inference receipt offline against an attestation")
     check.add_argument(

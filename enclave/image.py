@@ -1,13 +1,23 @@
 """What the enclave image contains, and its measurement as the simulator reports it in PCR0-2.
 
-The image's application part is the code that runs (attestation/, enclave/) and the models it serves;
-its boot part is the runtime definition (Dockerfile.enclave and the dependency lock) when present.
-Measuring from these files means that, in development, changing a byte of code or of a model changes
-the PCRs and so the image id that a contract approves.
+One definition drives both: `image_files` lists exactly the files the image holds (with their paths inside
+it), `measure_image` measures them, and `stage_context` writes them as the build context of
+Dockerfile.enclave. So "change a byte of a model or of the code -> the PCRs and the image id change" holds
+from a developer's tree to a running image.
+
+- boot part (PCR1): Dockerfile.enclave (which pins the base image by digest) and requirements-enclave.lock
+  (every dependency pinned by hash);
+- application part (PCR2): the `attestation` and `enclave` packages, and models/manifest.json with the
+  ONNX files it lists;
+- PCR0: both.
+Real hardware PCRs come from nitro-cli instead (docs/ENCLAVE_IMAGE.md); these are the simulator's.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 from attestation.measure import ImageMeasurement, MeasuredFile, iter_tree, measure_files
@@ -18,15 +28,42 @@ BOOT_FILES = ("Dockerfile.enclave", "requirements-enclave.lock")
 MODELS_PREFIX = "models"
 
 
+def model_files(models_dir: Path) -> list[str]:
+    """manifest.json and the files it lists: the models the enclave serves, nothing else from the folder."""
+    manifest = json.loads((models_dir / "manifest.json").read_text())
+    return ["manifest.json", *sorted(entry["file"] for entry in manifest["models"])]
+
+
 def image_files(source_root: Path, models_dir: Path) -> tuple[list[MeasuredFile], list[MeasuredFile]]:
-    """(boot files, application files) with their paths inside the image."""
+    """(boot files, application files), each with its path inside the image (relative to /app)."""
     boot = list(iter_tree(source_root, [name for name in BOOT_FILES if (source_root / name).is_file()]))
     app = list(iter_tree(source_root, APP_PACKAGES))
-    for item in iter_tree(models_dir, ["."]):
+    for item in iter_tree(models_dir, model_files(models_dir)):
         app.append(MeasuredFile(f"{MODELS_PREFIX}/{item.path}", item.data, item.executable))
     return boot, app
 
 
 def measure_image(models_dir: Path, source_root: Path = SOURCE_ROOT) -> ImageMeasurement:
     boot, app = image_files(source_root, models_dir)
+    return measure_files(boot, app)
+
+
+def stage_context(
+    destination: Path, *, models_dir: Path, source_root: Path = SOURCE_ROOT
+) -> ImageMeasurement:
+    """Write the build context: Dockerfile.enclave at the top, the image's /app tree under app/.
+
+    Wheels for the lock file go in destination/wheels (see `make image`); they are not part of /app.
+    """
+    app_root = destination / "app"
+    if app_root.exists():
+        shutil.rmtree(app_root)
+    boot, app = image_files(source_root, models_dir)
+    for item in (*boot, *app):
+        target = app_root / item.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(item.data)
+        os.chmod(target, 0o755 if item.executable else 0o644)
+    shutil.copyfile(source_root / "Dockerfile.enclave", destination / "Dockerfile.enclave")
+    (destination / "wheels").mkdir(exist_ok=True)
     return measure_files(boot, app)
