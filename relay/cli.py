@@ -46,6 +46,54 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _hex32(text: str, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise UsageError(f"{what} must be 32 bytes of hex, got {text!r}")
+    return value
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from .chain import ChainError, TxSender, bind, connect
+    from .deployment import configure
+    from .registration import image_id
+
+    images = [_hex32(value, "--image-id") for value in args.image_id]
+    for triple in args.image_pcrs:
+        try:
+            pcrs = {index: bytes.fromhex(value.removeprefix("0x")) for index, value in enumerate(triple)}
+        except ValueError as exc:
+            raise UsageError(f"--image-pcrs takes three hex PCRs: {exc}") from exc
+        if any(len(value) != 48 for value in pcrs.values()):
+            raise UsageError("--image-pcrs takes PCR0 PCR1 PCR2, 48 bytes each (nitro-cli's SHA384 values)")
+        images.append(image_id(pcrs))
+    models = [_hex32(value, "--model") for value in args.model]
+    if not (images or models or args.verifier):
+        raise UsageError("nothing to approve: give --image-pcrs, --image-id, --model or --verifier")
+    w3 = connect(args.rpc)
+    try:
+        configure(
+            TxSender(w3, _account(args)),
+            bind(w3, "InferenceVerifier", args.contract),
+            images=images,
+            models=models,
+            attestation_verifiers=args.verifier,
+        )
+    except ChainError as exc:
+        print(f"REJECTED on chain: {exc.error or exc}")
+        return EXIT_REJECTED
+    for image in images:
+        print(f"approved image 0x{image.hex()}")
+    for model in models:
+        print(f"approved model 0x{model.hex()}")
+    for verifier in args.verifier:
+        print(f"trusted attestation verifier {verifier}")
+    return EXIT_OK
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     import httpx
 
@@ -160,6 +208,27 @@ def register(subparsers: Any) -> None:
     deploy.add_argument("--enclave-ttl", type=int, default=24 * 3600, help="registration lifetime, seconds")
     _key_options(deploy, "admin")
     deploy.set_defaults(handler=cmd_deploy)
+
+    approve = commands.add_parser("approve", help="admin: approve images and models, trust verifier keys")
+    approve.add_argument("--rpc", required=True)
+    approve.add_argument("--contract", required=True)
+    approve.add_argument(
+        "--image-pcrs",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("PCR0", "PCR1", "PCR2"),
+        help="approve keccak256(PCR0 || PCR1 || PCR2), e.g. from nitro-cli describe-eif",
+    )
+    approve.add_argument("--image-id", action="append", default=[], help="approve an image id directly")
+    approve.add_argument(
+        "--model", action="append", default=[], help="approve a model (sha256 of its ONNX file)"
+    )
+    approve.add_argument(
+        "--verifier", action="append", default=[], help="trust an attestation-verifier address"
+    )
+    _key_options(approve, "admin")
+    approve.set_defaults(handler=cmd_approve)
 
     reg = commands.add_parser("register", help="attest an enclave and register its key on chain")
     reg.add_argument("--enclave", required=True, help="enclave base URL")
