@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from attestation import Policy, TrustedRoot, verify
 from enclave.image import measure_image, stage_context
 from enclave.verifier import load_attestation, manifest_from_json, verify_inference
-from verinfer.processes import free_port
+from verinfer.processes import free_port, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -247,16 +246,7 @@ def test_image_server_attests_the_predicted_pcrs(images: tuple[str, str], tmp_pa
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
-            assert time.monotonic() < deadline, "the image's server did not become ready"
-            time.sleep(0.2)
+        wait_ready(url, server, timeout=120)
         nonce = os.urandom(16)
         document = load_attestation(httpx.get(f"{url}/attestation", params={"nonce": nonce.hex()}).content)
         root = TrustedRoot.from_file(pki / "root.pem")
@@ -277,10 +267,5 @@ def test_image_server_attests_the_predicted_pcrs(images: tuple[str, str], tmp_pa
         )
         assert report.ok, report.to_json()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, timeout=15)
         subprocess.run(["buildah", *STORAGE, "rm", container], capture_output=True, check=False)

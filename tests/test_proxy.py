@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from enclave.vsock import vsock_listener
-from verinfer.processes import VERINFER, free_port
+from verinfer.processes import VERINFER, free_port, stop
 
 
 def test_proxy_forwards_to_the_server(server: str) -> None:
@@ -34,8 +34,7 @@ def test_proxy_forwards_to_the_server(server: str) -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:  # keep-alive over the proxy
             assert all(client.get("/v2/health/ready").status_code == 200 for _ in range(20))
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
 
 
 def test_proxy_usage_errors() -> None:

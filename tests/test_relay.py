@@ -25,7 +25,7 @@ from relay.chain import TxSender, connect, deploy
 from relay.registration import attest_enclave, sign_registration, submit_registration
 from relay.runner import Relay
 from relay.state import RelayState
-from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, running_server
+from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, running_server, stop
 
 from .chain_fixtures import Chain
 
@@ -110,8 +110,7 @@ def relay_process(
         yield process
     finally:
         if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
+            stop(process)
         log.close()
 
 
@@ -301,8 +300,7 @@ def test_enclave_unreachable_for_a_while(chain: Chain, server: str, tmp_path: Pa
                 lambda: statuses(db).get(request_id) == "fulfilled", timeout=90, what="fulfilment once back"
             )
         finally:
-            proxy.terminate()
-            proxy.wait()
+            stop(proxy)
     assert len(fulfilments(chain, request_id)) == 1
 
 

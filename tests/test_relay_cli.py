@@ -17,7 +17,7 @@ from attestation import Policy, TrustedRoot
 from relay.keys import KeyError_, load_account
 from relay.verifier_service import create_verifier_app
 from verinfer.cli import main
-from verinfer.processes import ANVIL_KEYS, VERINFER, free_port
+from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, stop
 
 from .chain_fixtures import Chain
 
@@ -189,8 +189,7 @@ def test_register_command_through_the_verifier_service(
         )
         assert "attestation_rejected" in capsys.readouterr().out
     finally:
-        verifier.terminate()
-        verifier.wait(timeout=10)
+        stop(verifier)
 
 
 def test_usage_errors(capsys) -> None:

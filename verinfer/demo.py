@@ -30,7 +30,7 @@ from relay.deployment import configure, deploy_verifier
 from relay.registration import image_id
 
 from .cli import main as verinfer
-from .processes import ANVIL_KEYS, VERINFER, free_port, running_anvil, running_server
+from .processes import ANVIL_KEYS, VERINFER, free_port, running_anvil, running_server, stop
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".demo"
@@ -341,8 +341,7 @@ def background(
                 wait(lambda: _answers(ready_url), f"{command[1]} {command[2]} to start")
             yield process
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop(process)
 
 
 def _answers(url: str) -> bool:
