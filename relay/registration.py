@@ -22,7 +22,7 @@ from web3.contract import Contract
 from attestation import AttestationError, Policy, VerifiedAttestation, verify
 from enclave.hashing import keccak256 as keccak
 
-from .chain import ChainError, TxSender
+from .chain import TxSender
 
 REGISTRATION_TYPEHASH = keccak(
     b"EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash)"
@@ -146,15 +146,3 @@ def submit_registration(sender: TxSender, registry: Contract, registration: Regi
     )
     sender.transact(call)
     return registration.enclave
-
-
-__all__ = [
-    "ChainError",
-    "Registration",
-    "RegistrationError",
-    "attest_enclave",
-    "image_id",
-    "registration_digest",
-    "sign_registration",
-    "submit_registration",
-]
