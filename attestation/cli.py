@@ -36,7 +36,7 @@ def _hex(text: str, what: str) -> bytes:
         raise UsageError(f"{what} must be hex: {text!r}") from exc
 
 
-def _pcr_args(items: list[str]) -> dict[int, bytes]:
+def pcr_args(items: list[str]) -> dict[int, bytes]:
     pcrs: dict[int, bytes] = {}
     for item in items:
         index, sep, value = item.partition("=")
@@ -111,7 +111,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verification_time(args: argparse.Namespace, data: bytes) -> datetime | None:
+def verification_time(args: argparse.Namespace, data: bytes) -> datetime | None:
     if args.at_document_time:
         try:
             return datetime.fromtimestamp(decode(data).document.timestamp_ms / 1000, UTC)
@@ -134,7 +134,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot load root {args.root!r}: {exc}") from exc
     policy = Policy(
         root=root,
-        expected_pcrs=_pcr_args(args.pcr),
+        expected_pcrs=pcr_args(args.pcr),
         max_age_s=args.max_age,
         expected_nonce=_hex(args.nonce, "--nonce") if args.nonce else None,
         expected_public_key=_hex(args.public_key, "--public-key") if args.public_key else None,
@@ -142,7 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         allow_debug=args.allow_debug,
     )
     try:
-        result = verify(data, policy, _verification_time(args, data))
+        result = verify(data, policy, verification_time(args, data))
     except AttestationError as exc:
         if args.json:
             print(json.dumps({"verified": False, "reason": exc.code, "detail": exc.detail}))
@@ -176,7 +176,7 @@ def _verified_report(result: VerifiedAttestation) -> dict[str, Any]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    pcrs = _pcr_args(args.pcr)
+    pcrs = pcr_args(args.pcr)
     if args.measure:
         try:
             measured = measure_tree(args.measure, app=args.app or ["."], boot=args.boot)

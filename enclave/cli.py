@@ -1,4 +1,4 @@
-"""`verinfer serve`, `verinfer verify` and `verinfer proxy`."""
+"""`verinfer serve | verify | proxy | image measure | image stage`, and the image entry point's commands."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attestation.cli import EXIT_OK, EXIT_REJECTED, UsageError, _pcr_args, _verification_time
+from attestation.cli import EXIT_OK, EXIT_REJECTED, UsageError, pcr_args, verification_time
 from attestation.roots import resolve_root
 from attestation.verify import Policy
 
@@ -90,12 +90,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         root = resolve_root(args.root)
     except (OSError, ValueError, ManifestError) as exc:
         raise UsageError(str(exc)) from exc
-    policy = Policy(root=root, expected_pcrs=_pcr_args(args.pcr), allow_debug=args.allow_debug)
+    policy = Policy(root=root, expected_pcrs=pcr_args(args.pcr), allow_debug=args.allow_debug)
     report = verify_inference(
         response,
         attestation,
         policy=policy,
-        at=_verification_time(args, attestation),
+        at=verification_time(args, attestation),
         request=request,
         manifest=manifest,
     )

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from attestation.cli import EXIT_OK, EXIT_REJECTED, UsageError, _pcr_args
+from attestation.cli import EXIT_OK, EXIT_REJECTED, UsageError, pcr_args
 from attestation.roots import resolve_root
 from attestation.verify import Policy
 
@@ -30,7 +30,7 @@ def _policy(args: argparse.Namespace) -> Policy:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load root {args.root!r}: {exc}") from exc
     return Policy(
-        root=root, expected_pcrs=_pcr_args(args.pcr), max_age_s=args.max_age, allow_debug=args.allow_debug
+        root=root, expected_pcrs=pcr_args(args.pcr), max_age_s=args.max_age, allow_debug=args.allow_debug
     )
 
 
