@@ -63,12 +63,13 @@ enclave-lock: setup
 
 # Stage the build context and build the image with buildah (see docs/ENCLAVE_IMAGE.md for docker/nitro-cli).
 IMAGE_DIR := build/enclave-image
+BUILDAH ?= buildah --storage-driver vfs
 BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 image: setup
 	$(BIN)/verinfer image stage $(IMAGE_DIR)/context
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --require-hashes -r requirements-enclave.lock \
 	  -d $(IMAGE_DIR)/context/wheels
-	buildah bud --isolation chroot --timestamp 0 --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	$(BUILDAH) bud --isolation chroot --timestamp 0 --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	  -f $(IMAGE_DIR)/context/Dockerfile.enclave -t localhost/verinfer-enclave:latest $(IMAGE_DIR)/context
 
 # Retrain and export the shipped models (needs torch; a separate venv keeps it out of the server's).
