@@ -30,25 +30,20 @@ def evidence(server: str, server_pki: Path, tmp_path_factory: pytest.TempPathFac
     return paths
 
 
+def verify_argv(
+    evidence: dict[str, Path], response: Path | None = None, *, as_json: bool = True
+) -> list[str]:
+    """`verinfer verify` with every piece of evidence: the response, request, attestation and manifest."""
+    argv = ["verify", str(response or evidence["response"])]
+    for option in ("attestation", "request", "manifest", "root"):
+        argv += [f"--{option}", str(evidence[option])]
+    return [*argv, "--json"] if as_json else argv
+
+
 def run_verify(
     capsys, evidence: dict[str, Path], response: Path | None = None, *extra: str
 ) -> tuple[int, dict]:
-    code = main(
-        [
-            "verify",
-            str(response or evidence["response"]),
-            "--attestation",
-            str(evidence["attestation"]),
-            "--request",
-            str(evidence["request"]),
-            "--manifest",
-            str(evidence["manifest"]),
-            "--root",
-            str(evidence["root"]),
-            "--json",
-            *extra,
-        ]
-    )
+    code = main([*verify_argv(evidence, response), *extra])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -71,20 +66,7 @@ def test_untouched_evidence_verifies(capsys, evidence) -> None:
 
 
 def test_human_output(capsys, evidence) -> None:
-    code = main(
-        [
-            "verify",
-            str(evidence["response"]),
-            "--attestation",
-            str(evidence["attestation"]),
-            "--request",
-            str(evidence["request"]),
-            "--manifest",
-            str(evidence["manifest"]),
-            "--root",
-            str(evidence["root"]),
-        ]
-    )
+    code = main(verify_argv(evidence, as_json=False))
     out = capsys.readouterr().out
     assert code == 0 and "VERIFIED [SIMULATED" in out and "[   PASS] signature" in out
 

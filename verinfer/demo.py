@@ -121,6 +121,22 @@ def demo_requests() -> dict[str, dict[str, object]]:
     }
 
 
+def verify_command(response: Path, request: Path, pki: Path) -> list[str]:
+    """`verinfer verify` with the evidence the demo saved: response, request, attestation, manifest, root."""
+    return [
+        "verify",
+        str(response),
+        "--request",
+        str(request),
+        "--attestation",
+        str(WORK / "enclave-attestation.json"),
+        "--manifest",
+        str(WORK / "manifest.json"),
+        "--root",
+        str(pki / "root.pem"),
+    ]
+
+
 def inference_steps(url: str, pki: Path) -> None:
     with httpx.Client(base_url=url) as client:
         manifest = client.get("/models").json()
@@ -153,36 +169,13 @@ def inference_steps(url: str, pki: Path) -> None:
 
     step("10. Verify every receipt offline (chain, PCRs, key binding, signature, hashes, manifest)")
     for name in demo_requests():
-        run(
-            "verify",
-            str(WORK / f"response-{name}.json"),
-            "--request",
-            str(WORK / f"request-{name}.json"),
-            "--attestation",
-            str(WORK / "enclave-attestation.json"),
-            "--manifest",
-            str(WORK / "manifest.json"),
-            "--root",
-            str(pki / "root.pem"),
-        )
+        run(*verify_command(WORK / f"response-{name}.json", WORK / f"request-{name}.json", pki))
 
     step("11. A tampered answer is caught: change the predicted class and verify again")
     forged = json.loads((WORK / "response-iris-mlp.json").read_text())
     forged["outputs"][1]["data"] = [0]
     (WORK / "forged-iris-mlp.json").write_text(json.dumps(forged))
-    run(
-        "verify",
-        str(WORK / "forged-iris-mlp.json"),
-        "--request",
-        str(WORK / "request-iris-mlp.json"),
-        "--attestation",
-        str(WORK / "enclave-attestation.json"),
-        "--manifest",
-        str(WORK / "manifest.json"),
-        "--root",
-        str(pki / "root.pem"),
-        expect=1,
-    )
+    run(*verify_command(WORK / "forged-iris-mlp.json", WORK / "request-iris-mlp.json", pki), expect=1)
 
 
 def chain_steps(url: str, pki: Path) -> None:
