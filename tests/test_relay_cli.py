@@ -239,61 +239,23 @@ def test_deploy_command(chain: Chain, monkeypatch: pytest.MonkeyPatch, capsys) -
 def test_approve_command(snapshot: Chain, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from relay.registration import image_id
 
+    def approve(*options: str) -> int:
+        return main(
+            ["relay", "approve", "--rpc", snapshot.url, "--contract", snapshot.contract.address, *options]
+        )
+
     monkeypatch.setenv("VERINFER_KEY", ANVIL_KEYS[0])
     pcrs = [os.urandom(48) for _ in range(3)]
     model = os.urandom(32)
     stranger = Account.create().address
-    code = main(
-        [
-            "relay",
-            "approve",
-            "--rpc",
-            snapshot.url,
-            "--contract",
-            snapshot.contract.address,
-            "--image-pcrs",
-            *(p.hex() for p in pcrs),
-            "--model",
-            "0x" + model.hex(),
-            "--verifier",
-            stranger,
-        ]
+    code = approve(
+        "--image-pcrs", *(p.hex() for p in pcrs), "--model", "0x" + model.hex(), "--verifier", stranger
     )
     assert code == 0, capsys.readouterr()
     assert snapshot.contract.functions.approvedImages(image_id(dict(enumerate(pcrs)))).call()
     assert snapshot.contract.functions.approvedModels(model).call()
     assert snapshot.contract.functions.attestationVerifiers(stranger).call()
-    assert (
-        main(
-            [
-                "relay",
-                "approve",
-                "--rpc",
-                snapshot.url,
-                "--contract",
-                snapshot.contract.address,
-                "--image-pcrs",
-                "00",
-                "11",
-                "22",
-            ]
-        )
-        == 2
-    )
+    assert approve("--image-pcrs", "00", "11", "22") == 2
     monkeypatch.setenv("VERINFER_KEY", ANVIL_KEYS[5])  # not the admin
-    assert (
-        main(
-            [
-                "relay",
-                "approve",
-                "--rpc",
-                snapshot.url,
-                "--contract",
-                snapshot.contract.address,
-                "--model",
-                "0x" + model.hex(),
-            ]
-        )
-        == 1
-    )
+    assert approve("--model", "0x" + model.hex()) == 1
     assert "NotAdmin" in capsys.readouterr().out
