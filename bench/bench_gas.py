@@ -16,12 +16,13 @@ from eth_account import Account
 from web3.logs import DISCARD
 
 from attestation import Policy, TrustedRoot
-from enclave import merkle
-from enclave.receipts import SignedReceipt
-from enclave.tensors import encode_tensors
+from protocol import merkle
+from protocol.images import image_id
+from protocol.receipts import SignedReceipt
+from protocol.tensors import encode_tensors
 from relay.chain import TxSender, connect
 from relay.deployment import configure, deploy_verifier
-from relay.registration import attest_enclave, image_id, sign_registration
+from relay.registration import attest_enclave, sign_registration
 from verinfer.processes import ANVIL_KEYS, running_anvil, running_server
 
 BATCH_SIZES = (1, 10, 100, 500)

@@ -21,11 +21,11 @@ import onnxruntime as ort
 import orjson
 
 from bench.loadgen import LoadResult, run_load
-from enclave.hashing import keccak256
-from enclave.receipts import Receipt, sign_receipt
 from enclave.runtime import _session_options
 from enclave.signer import EnclaveKey
-from enclave.tensors import encode_tensors
+from protocol.hashing import keccak256
+from protocol.receipts import Receipt, sign_receipt
+from protocol.tensors import encode_tensors
 from verinfer.processes import free_port, running_server, stop
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-// Compiles contracts/src and contracts/test with the pinned solc-js and writes contracts/artifacts/*.json
+// Compiles contracts/src and contracts/test with the pinned solc-js and writes relay/artifacts/*.json
 // (ABI + bytecode). `node contracts/build.mjs --check` compiles and exits 1 if the committed artifacts differ.
 import { readFileSync, writeFileSync, readdirSync, statSync, mkdirSync, existsSync } from "node:fs";
 import { join, relative, dirname } from "node:path";
@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const solc = require("solc");
 const here = dirname(fileURLToPath(import.meta.url));
-const artifactsDir = join(here, "artifacts");
+const artifactsDir = join(here, "..", "relay", "artifacts"); // package data of `relay`
 const check = process.argv.includes("--check");
 
 function solidityFiles(dir) {

@@ -15,8 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from protocol.errors import RequestError, bad_request
+
 from . import __version__
-from .errors import ApiError, bad_request
 from .fastpath import InferenceFastPath
 from .inference import InferenceEndpoints, error_body, parse_json
 from .metrics import Metrics
@@ -42,13 +43,13 @@ def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> 
     simulated_header = {"X-Verinfer-Simulated": "true"} if service.simulated else {}
 
     def endpoint(name: str, *, v2: bool = False) -> Callable[[Handler], Handler]:
-        """Counts requests and turns ApiError into the endpoint family's error shape."""
+        """Counts requests and turns RequestError into the endpoint family's error shape."""
 
         def wrap(handler: Handler) -> Handler:
             async def run(request: Request) -> Response:
                 try:
                     response = await handler(request)
-                except ApiError as error:
+                except RequestError as error:
                     metrics.error_counter(error.code).inc()
                     metrics.request_counter(name, error.status).inc()
                     return Response(error_body(error, v2=v2), status_code=error.status, media_type=_JSON)

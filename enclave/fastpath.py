@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .errors import ApiError
+from protocol.errors import RequestError
+
 from .inference import InferenceEndpoints, Reply, error_body
 
 Scope = MutableMapping[str, Any]
@@ -59,7 +60,7 @@ class InferenceFastPath:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, v2_model: str | None) -> None:
         try:
             body = await self._read_body(scope, receive)
-        except ApiError as error:
+        except RequestError as error:
             endpoint = "infer" if v2_model is None else "v2_infer"
             self.endpoints.metrics.error_counter(error.code).inc()
             self.endpoints.metrics.request_counter(endpoint, error.status).inc()
@@ -73,7 +74,7 @@ class InferenceFastPath:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise ApiError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
+                raise RequestError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -83,7 +84,7 @@ class InferenceFastPath:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                raise ApiError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
+                raise RequestError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)

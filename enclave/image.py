@@ -1,14 +1,14 @@
 """What the enclave image contains, and its measurement as the simulator reports it in PCR0-2.
 
 One definition drives both: `image_files` lists exactly the files the image holds (with their paths inside
-it), `measure_image` measures them, and `stage_context` writes them as the build context of
-Dockerfile.enclave. So "change a byte of a model or of the code -> the PCRs and the image id change" holds
-from a developer's tree to a running image.
+it), `measure_image` measures them, and `verinfer image stage` (verinfer/image.py, outside the image)
+writes them as the build context of Dockerfile.enclave. So "change a byte of a model or of the code -> the
+PCRs and the image id change" holds from a developer's tree to a running image.
 
 - boot part (PCR1): Dockerfile.enclave (which pins the base image by digest) and requirements-enclave.lock
   (every dependency pinned by hash);
-- application part (PCR2): the `attestation` and `enclave` packages, and models/manifest.json with the
-  ONNX files it lists;
+- application part (PCR2): the `attestation`, `protocol` and `enclave` packages, and models/manifest.json
+  with the ONNX files it lists;
 - PCR0: both.
 Real hardware PCRs come from nitro-cli instead (docs/ENCLAVE_IMAGE.md); these are the simulator's.
 """
@@ -16,14 +16,12 @@ Real hardware PCRs come from nitro-cli instead (docs/ENCLAVE_IMAGE.md); these ar
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from attestation.measure import ImageMeasurement, MeasuredFile, iter_tree, measure_files
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
-APP_PACKAGES = ("attestation", "enclave")
+APP_PACKAGES = ("attestation", "protocol", "enclave")
 BOOT_FILES = ("Dockerfile.enclave", "requirements-enclave.lock")
 MODELS_PREFIX = "models"
 
@@ -45,25 +43,4 @@ def image_files(source_root: Path, models_dir: Path) -> tuple[list[MeasuredFile]
 
 def measure_image(models_dir: Path, source_root: Path = SOURCE_ROOT) -> ImageMeasurement:
     boot, app = image_files(source_root, models_dir)
-    return measure_files(boot, app)
-
-
-def stage_context(
-    destination: Path, *, models_dir: Path, source_root: Path = SOURCE_ROOT
-) -> ImageMeasurement:
-    """Write the build context: Dockerfile.enclave at the top, the image's /app tree under app/.
-
-    Wheels for the lock file go in destination/wheels (see `make image`); they are not part of /app.
-    """
-    app_root = destination / "app"
-    if app_root.exists():
-        shutil.rmtree(app_root)
-    boot, app = image_files(source_root, models_dir)
-    for item in (*boot, *app):
-        target = app_root / item.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(item.data)
-        os.chmod(target, 0o755 if item.executable else 0o644)
-    shutil.copyfile(source_root / "Dockerfile.enclave", destination / "Dockerfile.enclave")
-    (destination / "wheels").mkdir(exist_ok=True)
     return measure_files(boot, app)

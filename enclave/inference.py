@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .errors import ApiError, bad_request
+from protocol.errors import RequestError, bad_request
+from protocol.inputs import parse_inputs
+
 from .metrics import Metrics
-from .runtime import LoadedModel, parse_inputs
+from .runtime import LoadedModel
 from .service import EnclaveService, InferenceResult, parse_request_id
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -34,7 +36,7 @@ def tensor_json(name: str, array: np.ndarray, model: LoadedModel) -> dict[str, A
     return {"name": name, "datatype": spec.dtype.v2, "shape": list(array.shape), "data": array.ravel()}
 
 
-def error_body(error: ApiError, *, v2: bool) -> bytes:
+def error_body(error: RequestError, *, v2: bool) -> bytes:
     shape = (
         {"error": error.message, "code": error.code} if v2 else {"code": error.code, "message": error.message}
     )
@@ -62,7 +64,7 @@ class InferenceEndpoints:
     def _reply(self, endpoint: str, build: Any, *, v2: bool) -> Reply:
         try:
             payload = build()
-        except ApiError as error:
+        except RequestError as error:
             self.metrics.error_counter(error.code).inc()
             self.metrics.request_counter(endpoint, error.status).inc()
             return error.status, error_body(error, v2=v2)

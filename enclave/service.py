@@ -15,15 +15,16 @@ import numpy as np
 
 from attestation.document import decode
 from attestation.nsm import NsmClient
+from protocol import merkle
+from protocol.addresses import checksum_address
+from protocol.errors import RequestError, bad_request
+from protocol.hashing import keccak256
+from protocol.manifest import Manifest
+from protocol.receipts import Receipt, SignedReceipt, batch_digest, sign_receipt
+from protocol.tensors import encode_tensors
 
-from . import merkle
-from .errors import ApiError, bad_request
-from .hashing import keccak256
-from .manifest import Manifest
-from .receipts import Receipt, SignedReceipt, batch_digest, sign_receipt
 from .runtime import LoadedModel, ModelRuntime
-from .signer import EnclaveKey, checksum_address
-from .tensors import encode_tensors
+from .signer import EnclaveKey
 
 log = logging.getLogger("verinfer.enclave")
 MAX_NONCE = 1024
@@ -116,7 +117,7 @@ class EnclaveService:
     def receipt_batch(self, start: int, limit: int) -> dict[str, Any]:
         """A signed Merkle root over receipts [start, start + limit) of this enclave's log (PROTOCOL.md)."""
         if start < self.receipt_log_start:
-            raise ApiError(
+            raise RequestError(
                 410, "receipts_evicted", f"receipts before {self.receipt_log_start} are no longer kept"
             )
         offset = start - self.receipt_log_start

@@ -20,10 +20,10 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
 from web3.types import Nonce, TxParams, Wei
 
-from enclave.hashing import keccak256
+from protocol.hashing import keccak256
 
 Call = ContractFunction | ContractConstructor
-ARTIFACTS = Path(__file__).resolve().parent.parent / "contracts" / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # package data: ABI + bytecode from contracts/
 
 
 class ChainError(RuntimeError):

@@ -57,9 +57,10 @@ def _hex32(text: str, what: str) -> bytes:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
+    from protocol.images import image_id
+
     from .chain import ChainError, TxSender, bind, connect
     from .deployment import configure
-    from .registration import image_id
 
     images = [_hex32(value, "--image-id") for value in args.image_id]
     for triple in args.image_pcrs:

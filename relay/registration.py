@@ -20,7 +20,8 @@ from web3 import Web3
 from web3.contract import Contract
 
 from attestation import AttestationError, Policy, VerifiedAttestation, verify
-from enclave.hashing import keccak256 as keccak
+from protocol.hashing import keccak256 as keccak
+from protocol.images import image_id
 
 from .chain import TxSender
 
@@ -34,11 +35,6 @@ DOMAIN_TYPEHASH = keccak(
 
 class RegistrationError(RuntimeError):
     """The enclave could not be attested (unreachable, or its document failed verification)."""
-
-
-def image_id(pcrs: dict[int, bytes]) -> bytes:
-    """keccak256(PCR0 || PCR1 || PCR2): the image an admin approves on-chain."""
-    return keccak(pcrs[0] + pcrs[1] + pcrs[2])
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import Web3Exception
 
-from enclave import merkle
-from enclave.hashing import keccak256
-from enclave.receipts import ReceiptError, SignedReceipt, recover_signer
-from enclave.tensors import BY_V2, decode_tensors, encode_tensors
+from protocol import merkle
+from protocol.hashing import keccak256
+from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
+from protocol.tensors import BY_V2, decode_tensors, encode_tensors
 
 from .chain import ChainError, GasPriceTooHigh, SignedTx, TxSender
 from .state import DROPPED, EXPIRED, FAILED, FULFILLED, SETTLED, RelayState, RequestRow

@@ -14,9 +14,10 @@ from web3 import Web3
 from web3.contract import Contract
 
 from attestation import Policy, TrustedRoot
+from protocol.images import image_id
 from relay.chain import TxSender, connect, deploy
 from relay.deployment import configure, deploy_verifier
-from relay.registration import attest_enclave, image_id, sign_registration, submit_registration
+from relay.registration import attest_enclave, sign_registration, submit_registration
 from verinfer.processes import ANVIL_KEYS, running_anvil
 
 

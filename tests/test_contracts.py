@@ -14,10 +14,10 @@ from eth_account import Account
 from web3.logs import DISCARD
 
 from attestation import Policy, TrustedRoot
-from enclave import merkle
-from enclave.hashing import keccak256
-from enclave.receipts import SignedReceipt
-from enclave.tensors import BY_V2, decode_tensors, encode_tensors
+from protocol import merkle
+from protocol.hashing import keccak256
+from protocol.receipts import SignedReceipt
+from protocol.tensors import BY_V2, decode_tensors, encode_tensors
 from relay.chain import ChainError, custom_error, deploy
 from relay.registration import attest_enclave, registration_digest, sign_registration, submit_registration
 from verinfer.processes import ANVIL_KEYS

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from attestation import Policy, TrustedRoot, verify
-from enclave.image import measure_image, stage_context
-from enclave.verifier import load_attestation, manifest_from_json, verify_inference
+from enclave.image import measure_image
+from verinfer.image import stage_context
 from verinfer.processes import free_port, stop, wait_ready
+from verinfer.verify import load_attestation, manifest_from_json, verify_inference
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enclave import merkle
-from enclave.receipts import SignedReceipt, batch_digest, recover_address
+from protocol import merkle
+from protocol.receipts import SignedReceipt, batch_digest, recover_address
 
 leaves = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40)
 

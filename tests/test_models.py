@@ -13,7 +13,7 @@ import onnxruntime
 import pytest
 
 from enclave.image import measure_image
-from enclave.manifest import ManifestError, load_manifest
+from protocol.manifest import ManifestError, load_manifest
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -14,7 +14,9 @@ from eth_account.messages import encode_typed_data
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enclave.receipts import (
+from enclave.signer import EnclaveKey
+from protocol.addresses import checksum_address
+from protocol.receipts import (
     DOMAIN_SEPARATOR,
     RECEIPT_TYPEHASH,
     Receipt,
@@ -23,7 +25,6 @@ from enclave.receipts import (
     recover_signer,
     sign_receipt,
 )
-from enclave.signer import EnclaveKey, checksum_address
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "receipts.json").read_text())
 

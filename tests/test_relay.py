@@ -18,9 +18,9 @@ import pytest
 from web3.logs import DISCARD
 
 from attestation import Policy, TrustedRoot
-from enclave import merkle
-from enclave.receipts import SignedReceipt
-from enclave.tensors import encode_tensors
+from protocol import merkle
+from protocol.receipts import SignedReceipt
+from protocol.tensors import encode_tensors
 from relay.chain import TxSender, connect, deploy
 from relay.registration import attest_enclave, sign_registration, submit_registration
 from relay.runner import Relay

@@ -237,7 +237,7 @@ def test_deploy_command(chain: Chain, monkeypatch: pytest.MonkeyPatch, capsys) -
 
 
 def test_approve_command(snapshot: Chain, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from relay.registration import image_id
+    from protocol.images import image_id
 
     def approve(*options: str) -> int:
         return main(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from enclave.errors import ApiError
-from enclave.manifest import TensorSpec
-from enclave.runtime import to_array
-from enclave.tensors import BY_NAME
+from protocol.errors import RequestError
+from protocol.inputs import to_array
+from protocol.manifest import TensorSpec
+from protocol.tensors import BY_NAME
 
 INT64 = TensorSpec("x", BY_NAME["int64"], (-1,))
 INT8 = TensorSpec("x", BY_NAME["int8"], (-1,))
@@ -49,12 +49,12 @@ def test_accepted(spec: TensorSpec, data: list, expected: list) -> None:
     ],
 )
 def test_refused(spec: TensorSpec, data: list, code: str) -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(RequestError) as info:
         to_array(spec, data)
     assert info.value.code == code and info.value.status == 400
 
 
 def test_empty_is_a_shape_error() -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(RequestError) as info:
         to_array(INT64, np.array([], dtype=np.int64).tolist())
     assert info.value.code == "invalid_shape"

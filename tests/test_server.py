@@ -14,10 +14,10 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from attestation import Policy, TrustedRoot, decode, verify
-from enclave.manifest import load_manifest
-from enclave.receipts import SignedReceipt
-from enclave.signer import address_of, checksum_address
-from enclave.verifier import manifest_from_json, verify_inference
+from protocol.addresses import address_of, checksum_address
+from protocol.manifest import load_manifest
+from protocol.receipts import SignedReceipt
+from verinfer.verify import manifest_from_json, verify_inference
 
 from .test_receipts import typed_data
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from enclave.hashing import keccak256
-from enclave.tensors import DTYPES, decode_tensors, encode_tensors
+from protocol.hashing import keccak256
+from protocol.tensors import DTYPES, decode_tensors, encode_tensors
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "tensors.json").read_text())
 

@@ -12,8 +12,8 @@ import numpy as np
 from onnx import TensorProto, helper, save
 
 from attestation import Policy, TrustedRoot
-from enclave.verifier import load_attestation, manifest_from_json, verify_inference
 from verinfer.processes import running_server
+from verinfer.verify import load_attestation, manifest_from_json, verify_inference
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

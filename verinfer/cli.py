@@ -1,4 +1,5 @@
-"""`verinfer <group> <command>`: each package registers its own subcommands."""
+"""`verinfer <group> <command>`: the front door. Each package registers its own subcommands; the host-side
+ones (verify, proxy, image stage) live in verinfer/, outside the measured enclave tree."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from attestation import cli as attest_cli
 from enclave import cli as enclave_cli
 from relay import cli as relay_cli
 
+from . import image, proxy, verify_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -18,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True)
     attest_cli.register(groups)
     enclave_cli.register(groups)
+    image.register(groups)
+    verify_cli.register(groups)
+    proxy.register(groups)
     relay_cli.register(groups)
     return parser
 

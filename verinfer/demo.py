@@ -21,13 +21,13 @@ from eth_account import Account
 from web3.logs import DISCARD
 
 from attestation.measure import measure_tree
-from enclave import merkle
 from enclave.image import measure_image
-from enclave.receipts import SignedReceipt
-from enclave.tensors import encode_tensors
+from protocol import merkle
+from protocol.images import image_id
+from protocol.receipts import SignedReceipt
+from protocol.tensors import encode_tensors
 from relay.chain import TxSender, connect, deploy
 from relay.deployment import configure, deploy_verifier
-from relay.registration import image_id
 
 from .cli import main as verinfer
 from .processes import ANVIL_KEYS, VERINFER, free_port, running_anvil, running_server, stop

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from coincurve import PrivateKey
 
-from enclave.hashing import keccak256
-from enclave.receipts import DOMAIN_SEPARATOR, RECEIPT_TYPEHASH, Receipt
-from enclave.signer import address_of, checksum_address
-from enclave.tensors import encode_tensors
+from protocol.addresses import address_of, checksum_address
+from protocol.hashing import keccak256
+from protocol.receipts import DOMAIN_SEPARATOR, RECEIPT_TYPEHASH, Receipt
+from protocol.tensors import encode_tensors
 
 HERE = Path(__file__).resolve().parent
 TEST_KEY = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")

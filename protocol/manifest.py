@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ProtocolError
 from .tensors import BY_NAME, DType
 
 MANIFEST_FILE = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(ProtocolError):
     """The manifest or a model file is missing, malformed or does not match its hash."""
 
 

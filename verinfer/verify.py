@@ -23,14 +23,13 @@ import numpy as np
 
 from attestation import AttestationError, Policy, decode, verify
 from attestation.encoding import read_document_bytes
-
-from .errors import ApiError
-from .hashing import keccak256
-from .manifest import Manifest, parse_manifest
-from .receipts import ReceiptError, SignedReceipt, recover_signer
-from .runtime import parse_inputs
-from .signer import address_of, checksum_address
-from .tensors import BY_V2, encode_tensors
+from protocol.addresses import address_of, checksum_address
+from protocol.errors import RequestError
+from protocol.hashing import keccak256
+from protocol.inputs import parse_inputs
+from protocol.manifest import Manifest, parse_manifest
+from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
+from protocol.tensors import BY_V2, encode_tensors
 
 Status = Literal["pass", "fail", "skipped"]
 
@@ -191,7 +190,7 @@ def _check_inputs(report: VerificationReport, request: Any, entry: Any, expected
         return
     try:
         inputs = parse_inputs(entry, request.get("inputs") if isinstance(request, dict) else None)
-    except ApiError as exc:
+    except RequestError as exc:
         report.add("input_hash", "fail", f"request inputs do not parse: {exc.message}")
         return
     recomputed = keccak256(encode_tensors(inputs))

@@ -11,12 +11,13 @@ The domain separator and type hash are constants, so signing a receipt is two ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from coincurve import PublicKey
 
+from .addresses import address_of, checksum_address
+from .errors import ProtocolError
 from .hashing import keccak256
-from .signer import EnclaveKey, address_of, checksum_address
 
 DOMAIN_NAME = "verinfer"
 DOMAIN_VERSION = "1"
@@ -41,8 +42,17 @@ def batch_digest(root: bytes, count: int) -> bytes:
     return keccak256(_PREFIX + keccak256(BATCH_TYPEHASH + root + count.to_bytes(32, "big")))
 
 
-class ReceiptError(ValueError):
+class ReceiptError(ProtocolError):
     """A receipt that is malformed or whose signature does not recover."""
+
+
+class Signer(Protocol):
+    """Whatever holds the enclave key: protocol/ builds digests, only enclave/ holds a private key."""
+
+    @property
+    def address(self) -> bytes: ...
+
+    def sign_digest(self, digest: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +139,8 @@ def _int_field(data: dict[str, Any], name: str) -> int:
     return value
 
 
-def sign_receipt(key: EnclaveKey, receipt: Receipt) -> SignedReceipt:
-    return SignedReceipt(receipt, key.address, key.sign_digest(receipt.digest()))
+def sign_receipt(signer: Signer, receipt: Receipt) -> SignedReceipt:
+    return SignedReceipt(receipt, signer.address, signer.sign_digest(receipt.digest()))
 
 
 def recover_signer(receipt: Receipt, signature: bytes) -> bytes:

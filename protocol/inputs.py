@@ -1,0 +1,118 @@
+"""Request tensors: JSON data to validated numpy arrays in the model's declared order.
+
+Validation turns anything the model cannot take (wrong names, shapes, dtypes, non-numbers, non-finite or
+out-of-range values, ragged lists) into a RequestError before any runtime sees it. The enclave uses it on
+every request; a verifier uses it to recompute inputHash from the request it sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import bad_request
+from .manifest import ModelEntry, TensorSpec
+from .tensors import BY_V2
+
+MAX_BATCH_ELEMENTS = 1 << 22
+
+
+def to_array(spec: TensorSpec, data: Any, shape: Sequence[int] | None = None) -> np.ndarray:
+    """Convert JSON data to the tensor `spec` describes, or raise a 400 naming what is wrong."""
+    try:
+        raw = np.array(data)
+    except (ValueError, TypeError) as exc:
+        raise bad_request(
+            "invalid_tensor", f"{spec.name}: data is not a rectangular array of numbers"
+        ) from exc
+    if raw.dtype.kind not in "iuf" or raw.dtype == np.bool_:
+        raise bad_request("invalid_dtype", f"{spec.name}: expected numbers of type {spec.dtype.name}")
+    if raw.size > MAX_BATCH_ELEMENTS:
+        raise bad_request("tensor_too_large", f"{spec.name}: more than {MAX_BATCH_ELEMENTS} elements")
+    if spec.dtype.numpy.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = raw.astype(spec.dtype.numpy)
+        if not np.isfinite(array).all():  # one check on the hot path; work out which problem only on failure
+            if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+                raise bad_request("invalid_value", f"{spec.name}: values must be finite")
+            raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
+    else:
+        info = np.iinfo(spec.dtype.numpy)
+        wanted = f"{spec.name}: expected integers of type {spec.dtype.name}"
+        if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+            raise bad_request("invalid_dtype", wanted)
+        if raw.size and _out_of_range(raw, info):
+            raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
+        array = raw.astype(spec.dtype.numpy)
+    if shape is not None:
+        if array.size != int(np.prod(shape)):
+            raise bad_request(
+                "invalid_shape", f"{spec.name}: {array.size} values do not fill shape {list(shape)}"
+            )
+        array = array.reshape(shape)
+    check_shape(spec, array.shape)
+    return np.ascontiguousarray(array)
+
+
+def _out_of_range(raw: np.ndarray, info: np.iinfo) -> bool:
+    if raw.dtype.kind == "f":
+        # numpy turns big integers mixed with small ones into float64; compare with the exact power-of-two
+        # bounds, because at float precision 2**63 equals int64's maximum.
+        return bool(raw.min() < float(info.min) or raw.max() >= float(info.max + 1))
+    return bool(raw.min() < info.min or raw.max() > info.max)
+
+
+def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    expected = list(spec.shape)
+    if len(shape) != len(expected) or any(e not in (-1, a) for e, a in zip(expected, shape, strict=True)):
+        shown = ["N" if e == -1 else e for e in expected]
+        raise bad_request("invalid_shape", f"{spec.name}: shape {list(shape)} does not match {shown}")
+    if 0 in shape:
+        raise bad_request("invalid_shape", f"{spec.name}: empty tensors are not accepted")
+
+
+def parse_named_tensor(entry: ModelEntry, item: Any, *, v2: bool) -> tuple[TensorSpec, np.ndarray]:
+    """One tensor object: {"name", "data", "shape"?, "datatype"?}; V2 requires shape and datatype."""
+    if not isinstance(item, dict) or "name" not in item or "data" not in item:
+        raise bad_request("missing_field", "each input tensor needs 'name' and 'data'")
+    specs = {spec.name: spec for spec in entry.inputs}
+    spec = specs.get(item["name"]) if isinstance(item["name"], str) else None
+    if spec is None:
+        raise bad_request(
+            "unknown_input", f"{entry.name} has no input {item['name']!r}; inputs: {list(specs)}"
+        )
+    shape = item.get("shape")
+    if v2 and ("shape" not in item or "datatype" not in item):
+        raise bad_request("missing_field", f"{spec.name}: V2 tensors need 'shape' and 'datatype'")
+    if "datatype" in item and BY_V2.get(item["datatype"]) != spec.dtype:
+        raise bad_request(
+            "invalid_dtype", f"{spec.name}: datatype must be {spec.dtype.v2}, got {item['datatype']!r}"
+        )
+    if shape is not None and (
+        not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise bad_request("invalid_shape", f"{spec.name}: shape must be a list of non-negative integers")
+    return spec, to_array(spec, item["data"], shape)
+
+
+def parse_inputs(entry: ModelEntry, inputs: Any, *, v2: bool = False) -> list[tuple[str, np.ndarray]]:
+    """Inputs in the model's declared order: named tensor objects, or a plain nested list for one input."""
+    specs = entry.inputs
+    if isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs):
+        parsed: dict[str, np.ndarray] = {}
+        for item in inputs:
+            spec, array = parse_named_tensor(entry, item, v2=v2)
+            if spec.name in parsed:
+                raise bad_request("duplicate_input", f"input {spec.name!r} given twice")
+            parsed[spec.name] = array
+        missing = [s.name for s in specs if s.name not in parsed]
+        if missing:
+            raise bad_request("missing_input", f"{entry.name} also needs inputs {missing}")
+        return [(s.name, parsed[s.name]) for s in specs]
+    if v2 or inputs is None:
+        raise bad_request("missing_field", "'inputs' must be a list of tensors")
+    if len(specs) != 1:
+        raise bad_request("invalid_inputs", f"{entry.name} takes several inputs: name each tensor")
+    return [(specs[0].name, to_array(specs[0], inputs))]
