@@ -7,6 +7,7 @@ single anchors.
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from protocol.tensors import encode_tensors
 from relay.chain import TxSender, connect
 from relay.deployment import configure, deploy_verifier
 from relay.registration import attest_enclave, sign_registration
-from verinfer.processes import ANVIL_KEYS, running_anvil, running_server
+from verinfer.processes import ANVIL_KEYS, batch_token_args, bearer, running_anvil, running_server
 
 BATCH_SIZES = (1, 10, 100, 500)
+TOKEN = secrets.token_hex(32)  # the relay's credential for receipt batches
 
 
 def receipt_args(signed: SignedReceipt) -> tuple[bytes, bytes, bytes, bytes, int]:
@@ -37,7 +39,9 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_anvil() as rpc,
-        running_server("--nsm", "sim", "--pki-dir", str(Path(tmp) / "pki")) as enclave,
+        running_server(
+            "--nsm", "sim", "--pki-dir", str(Path(tmp) / "pki"), *batch_token_args(TOKEN)
+        ) as enclave,
     ):
         w3 = connect(rpc)
         admin = TxSender(w3, Account.from_key(ANVIL_KEYS[0]))
@@ -118,7 +122,9 @@ def main() -> None:
         for size in BATCH_SIZES:
             for _ in range(size):
                 httpx.post(f"{enclave}/infer", json={"model": "iris-ols", "inputs": [[5.1, 3.5, 1.4]]})
-            batch = httpx.post(f"{enclave}/receipts/batch", json={"from": cursor, "max": size}).json()
+            batch = httpx.post(
+                f"{enclave}/receipts/batch", headers=bearer(TOKEN), json={"from": cursor, "max": size}
+            ).json()
             cursor = batch["next"]
             tx = relay.transact(
                 contract.functions.anchorBatch(

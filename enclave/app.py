@@ -1,25 +1,32 @@
-"""The HTTP API: /infer, /attestation, /models, /metrics and the KServe Open Inference Protocol V2.
+"""The HTTP API: /infer, /attestation, /models, /receipts/batch, /metrics and KServe V2 (Open Inference).
 
-The inference routes are served by enclave/fastpath.py in front of this FastAPI app. Handlers parse JSON
-with orjson (no pydantic models) and run the small models inline: a thread-pool hop would cost more than
-the inference itself.
+Layers, outermost first: protocol/edge.py (body limit, X-Request-ID, access log, metrics of every answer),
+enclave/fastpath.py (POST /infer and POST /v2/models/NAME/infer straight from ASGI), then this FastAPI app,
+which documents every route in /openapi.json and /docs and serves the rest. Handlers are module-level and
+reach the service through `request.app.state`; every refusal goes through `error_response`, in the shape of
+the route's protocol family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from protocol.edge import HttpEdge, error_for_path
 from protocol.errors import RequestError, bad_request
+from protocol.inputs import MAX_BATCH_ELEMENTS
 
-from . import __version__
-from .fastpath import InferenceFastPath
-from .inference import InferenceEndpoints, error_body, parse_json
+from . import __version__, schemas
+from .batch_access import BatchAccess
+from .fastpath import INTERNAL, InferenceFastPath, run_endpoint, v2_infer_model
+from .inference import InferenceEndpoints, parse_json
 from .metrics import Metrics
 from .runtime import LoadedModel
 from .service import MAX_BATCH, EnclaveService, parse_nonce
@@ -27,116 +34,300 @@ from .service import MAX_BATCH, EnclaveService, parse_nonce
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_FIXED_LABELS = {
+    "/infer": "infer",
+    "/attestation": "attestation",
+    "/models": "models",
+    "/receipts/batch": "receipts_batch",
+    "/metrics": "metrics",
+    "/v2": "v2",
+    "/v2/health/live": "v2_live",
+    "/v2/health/ready": "v2_ready",
+    "/docs": "docs",
+    "/openapi.json": "openapi",
+}
 
-Handler = Callable[[Request], Awaitable[Response]]
+
+def endpoint_label(path: str) -> str:
+    """A bounded set of metric labels: unknown paths must not create new time series."""
+    label = _FIXED_LABELS.get(path)
+    if label is not None:
+        return label
+    if v2_infer_model(path) is not None:
+        return "v2_infer"
+    if path.startswith("/v2/models/"):
+        return "v2_model_ready" if path.endswith("/ready") else "v2_model"
+    return "unmatched"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body, option=_NUMPY), status_code=status, media_type=_JSON, headers=headers)
 
 
-def create_app(service: EnclaveService, *, max_body: int = DEFAULT_MAX_BODY) -> InferenceFastPath:
-    """The ASGI app: the inference routes on the fast path, everything else on FastAPI."""
-    app = FastAPI(title="verinfer enclave", version=__version__, docs_url=None, redoc_url=None)
+def _state(request: Request) -> Any:
+    return request.app.state
+
+
+def _service(request: Request) -> EnclaveService:
+    service: EnclaveService = request.app.state.service
+    return service
+
+
+# --- errors: one responder for every route --------------------------------------------------------------
+
+
+def error_response(request: Request, error: RequestError) -> Response:
+    _state(request).metrics.error_counter(error.code).inc()
+    body = error_for_path(request.url.path, error)
+    return Response(body, status_code=error.status, media_type=_JSON, headers=error.headers)
+
+
+async def on_request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return error_response(request, exc)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}.get(
+        exc.status_code, str(exc.detail)
+    )
+    headers = dict(exc.headers or {})
+    return error_response(request, RequestError(exc.status_code, code, message, headers=headers))
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return error_response(request, bad_request("invalid_request", f"{where}: {first.get('msg', 'invalid')}"))
+
+
+async def on_unexpected(request: Request, _exc: Exception) -> Response:
+    return error_response(request, INTERNAL)
+
+
+# --- routes ---------------------------------------------------------------------------------------------
+
+
+async def post_infer(request: Request) -> Response:
+    """Run a model and sign the answer (served by the fast path; documented and runnable here too)."""
+    status, payload = run_endpoint(_state(request).endpoints, None, await request.body())
+    return Response(payload, status_code=status, media_type=_JSON, headers=_state(request).extra_headers)
+
+
+async def get_attestation(request: Request, nonce: str | None = None) -> Response:
+    """A fresh attestation document binding the enclave key and the manifest digest, with your nonce.
+
+    JSON by default; `Accept: application/cbor` returns the raw COSE_Sign1 document.
+    """
+    service = _service(request)
+    document = service.attestation(parse_nonce(nonce))
+    headers = _state(request).extra_headers
+    if "application/cbor" in request.headers.get("accept", ""):
+        return Response(document, media_type="application/cbor", headers=headers)
+    return json_response(service.attestation_json(document), headers=headers)
+
+
+async def get_models(request: Request) -> Response:
+    """The model manifest; its digest is the attested user_data."""
+    return json_response(_service(request).manifest.to_json())
+
+
+async def post_receipts_batch(request: Request) -> Response:
+    """A signed Merkle root over this enclave's receipts, for the relay only (bearer token, rate-limited)."""
+    _state(request).batch_access.check(request.headers.get("authorization"))
+    body = parse_json(await request.body())
+    start = body.get("from", 0) if isinstance(body, dict) else None
+    limit = body.get("max", MAX_BATCH) if isinstance(body, dict) else None
+    if type(start) is not int or type(limit) is not int or not 0 <= start < 2**63 or not 1 <= limit < 2**63:
+        raise bad_request("invalid_batch", "body must be {from: sequence >= 0, max: count >= 1} (below 2^63)")
+    return json_response(_service(request).receipt_batch(start, limit))
+
+
+async def get_metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def v2_server(_request: Request) -> Response:
+    return json_response({"name": "verinfer", "version": __version__, "extensions": ["verinfer_receipts"]})
+
+
+async def v2_live(_request: Request) -> Response:
+    return json_response({"live": True})
+
+
+async def v2_ready(request: Request) -> Response:
+    ready = _service(request).ready
+    return json_response({"ready": ready}, 200 if ready else 503)
+
+
+def v2_metadata_body(model: LoadedModel) -> dict[str, Any]:
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.dtype.v2, "shape": list(s.shape)} for s in specs]
+
+    return {
+        "name": model.entry.name,
+        "versions": [model.entry.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": tensors(model.entry.inputs),
+        "outputs": tensors(model.entry.outputs),
+        "parameters": {"sha256": model.entry.sha256, "modelHash": "0x" + model.entry.sha256},
+    }
+
+
+async def v2_model(request: Request, name: str) -> Response:
+    return json_response(v2_metadata_body(_service(request).runtime.get(name)))
+
+
+async def v2_model_ready(request: Request, name: str) -> Response:
+    service = _service(request)
+    model = service.runtime.get(name)
+    return json_response({"name": model.entry.name, "ready": service.ready})
+
+
+async def v2_infer(request: Request, name: str) -> Response:
+    """KServe V2 inference; the receipt is in `parameters` (served by the fast path)."""
+    status, payload = run_endpoint(_state(request).endpoints, name, await request.body())
+    return Response(payload, status_code=status, media_type=_JSON, headers=_state(request).extra_headers)
+
+
+def _body(model: type[Any]) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {_JSON: {"schema": ref}}}}
+
+
+def _errors(model: type[Any], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": model} for status in statuses}
+
+
+_E = schemas.ErrorBody
+_V2E = schemas.V2ErrorBody
+ROUTES: tuple[tuple[str, Any, str, dict[str, Any]], ...] = (
+    (
+        "/infer",
+        post_infer,
+        "POST",
+        {
+            "responses": {200: {"model": schemas.InferResponse}, **_errors(_E, 400, 404, 413, 422)},
+            "openapi_extra": _body(schemas.InferRequest),
+        },
+    ),
+    (
+        "/attestation",
+        get_attestation,
+        "GET",
+        {
+            "responses": {
+                200: {"model": schemas.AttestationResponse, "content": {"application/cbor": {}}},
+                **_errors(_E, 400),
+            }
+        },
+    ),
+    ("/models", get_models, "GET", {"responses": {200: {"model": schemas.ManifestBody}}}),
+    (
+        "/receipts/batch",
+        post_receipts_batch,
+        "POST",
+        {
+            "responses": {
+                200: {"model": schemas.ReceiptBatchResponse},
+                **_errors(_E, 400, 401, 403, 410, 413, 429),
+            },
+            "openapi_extra": _body(schemas.ReceiptBatchRequest),
+        },
+    ),
+    ("/metrics", get_metrics, "GET", {"responses": {200: {"content": {"text/plain": {}}}}}),
+    ("/v2", v2_server, "GET", {"responses": {200: {"model": schemas.V2ServerMetadata}}}),
+    ("/v2/health/live", v2_live, "GET", {"responses": {200: {"model": schemas.V2Live}}}),
+    (
+        "/v2/health/ready",
+        v2_ready,
+        "GET",
+        {"responses": {200: {"model": schemas.V2Ready}, 503: {"model": schemas.V2Ready}}},
+    ),
+    (
+        "/v2/models/{name}",
+        v2_model,
+        "GET",
+        {"responses": {200: {"model": schemas.V2ModelMetadata}, **_errors(_V2E, 400, 404, 422)}},
+    ),
+    (
+        "/v2/models/{name}/ready",
+        v2_model_ready,
+        "GET",
+        {"responses": {200: {"model": schemas.V2ModelReady}, **_errors(_V2E, 400, 404, 422)}},
+    ),
+    (
+        "/v2/models/{name}/infer",
+        v2_infer,
+        "POST",
+        {
+            "responses": {200: {"model": schemas.V2InferResponse}, **_errors(_V2E, 400, 404, 413, 422)},
+            "openapi_extra": _body(schemas.V2InferRequest),
+        },
+    ),
+)
+
+
+def openapi_schema(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the request bodies, which handlers parse themselves (faster, own codes)."""
+    if api.openapi_schema:
+        return api.openapi_schema
+    schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in schemas.REQUEST_MODELS:
+        body = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+    api.openapi_schema = schema
+    return schema
+
+
+def create_app(
+    service: EnclaveService,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_elements: int = MAX_BATCH_ELEMENTS,
+    batch_access: BatchAccess | None = None,
+    fast_path: bool = True,
+) -> HttpEdge:
+    """The ASGI app. `fast_path=False` serves inference through the FastAPI routes (for tests)."""
+    api = FastAPI(
+        title="verinfer enclave",
+        version=__version__,
+        description="Signed, attested inference. Receipts and formats: docs/PROTOCOL.md.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
     metrics = Metrics()
     metrics.info.labels(enclave=service.address, simulated=str(service.simulated).lower()).set(1)
-    simulated_header = {"X-Verinfer-Simulated": "true"} if service.simulated else {}
+    endpoints = InferenceEndpoints(service, metrics, max_elements=max_elements)
+    api.state.service = service
+    api.state.metrics = metrics
+    api.state.endpoints = endpoints
+    api.state.batch_access = batch_access or BatchAccess(None)
+    api.state.extra_headers = {"X-Verinfer-Simulated": "true"} if service.simulated else {}
+    for path, handler, method, options in ROUTES:
+        api.add_api_route(path, handler, methods=[method], **options)
+    api.add_exception_handler(RequestError, on_request_error)
+    api.add_exception_handler(StarletteHTTPException, on_http_exception)
+    api.add_exception_handler(RequestValidationError, on_validation_error)
+    api.add_exception_handler(Exception, on_unexpected)
+    api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
+    front: Any = (
+        InferenceFastPath(api, endpoints, extra_headers=api.state.extra_headers) if fast_path else api
+    )
 
-    def endpoint(name: str, *, v2: bool = False) -> Callable[[Handler], Handler]:
-        """Counts requests and turns RequestError into the endpoint family's error shape."""
+    def observe(path: str, status: int) -> None:
+        metrics.request_counter(endpoint_label(path), status).inc()
 
-        def wrap(handler: Handler) -> Handler:
-            async def run(request: Request) -> Response:
-                try:
-                    response = await handler(request)
-                except RequestError as error:
-                    metrics.error_counter(error.code).inc()
-                    metrics.request_counter(name, error.status).inc()
-                    return Response(error_body(error, v2=v2), status_code=error.status, media_type=_JSON)
-                metrics.request_counter(name, response.status_code).inc()
-                return response
+    def on_error(error: RequestError) -> None:
+        metrics.error_counter(error.code).inc()
 
-            return run
-
-        return wrap
-
-    @endpoint("attestation")
-    async def get_attestation(request: Request) -> Response:
-        nonce = parse_nonce(request.query_params.get("nonce"))
-        document = service.attestation(nonce)
-        if "application/cbor" in request.headers.get("accept", ""):
-            return Response(document, media_type="application/cbor", headers=simulated_header)
-        return json_response(service.attestation_json(document), headers=simulated_header)
-
-    @endpoint("receipts_batch")
-    async def post_receipts_batch(request: Request) -> Response:
-        body = parse_json(await request.body())
-        start = body.get("from", 0) if isinstance(body, dict) else None
-        limit = body.get("max", MAX_BATCH) if isinstance(body, dict) else None
-        if type(start) is not int or type(limit) is not int or start < 0 or limit < 1:
-            raise bad_request("invalid_batch", "body must be {from: sequence >= 0, max: count >= 1}")
-        return json_response(service.receipt_batch(start, limit))
-
-    @endpoint("models")
-    async def get_models(_request: Request) -> Response:
-        return json_response(service.manifest.to_json())
-
-    async def get_metrics(_request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    # --- KServe Open Inference Protocol V2 -------------------------------------------------------------
-
-    @endpoint("v2", v2=True)
-    async def v2_server(_request: Request) -> Response:
-        return json_response(
-            {"name": "verinfer", "version": __version__, "extensions": ["verinfer_receipts"]}
-        )
-
-    async def v2_live(_request: Request) -> Response:
-        return json_response({"live": True})
-
-    async def v2_ready(_request: Request) -> Response:
-        return json_response({"ready": service.ready}, 200 if service.ready else 503)
-
-    def v2_metadata_body(model: LoadedModel) -> dict[str, Any]:
-        def tensors(specs: Any) -> list[dict[str, Any]]:
-            return [{"name": s.name, "datatype": s.dtype.v2, "shape": list(s.shape)} for s in specs]
-
-        return {
-            "name": model.entry.name,
-            "versions": [model.entry.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": tensors(model.entry.inputs),
-            "outputs": tensors(model.entry.outputs),
-            "parameters": {"sha256": model.entry.sha256, "modelHash": "0x" + model.entry.sha256},
-        }
-
-    @endpoint("v2_model", v2=True)
-    async def v2_model(request: Request) -> Response:
-        return json_response(v2_metadata_body(service.runtime.get(request.path_params["name"])))
-
-    @endpoint("v2_model_ready", v2=True)
-    async def v2_model_ready(request: Request) -> Response:
-        model = service.runtime.get(request.path_params["name"])
-        return json_response({"name": model.entry.name, "ready": service.ready})
-
-    for path, handler, methods in (
-        ("/attestation", get_attestation, ["GET"]),
-        ("/models", get_models, ["GET"]),
-        ("/receipts/batch", post_receipts_batch, ["POST"]),
-        ("/metrics", get_metrics, ["GET"]),
-        ("/v2", v2_server, ["GET"]),
-        ("/v2/health/live", v2_live, ["GET"]),
-        ("/v2/health/ready", v2_ready, ["GET"]),
-        ("/v2/models/{name}", v2_model, ["GET"]),
-        ("/v2/models/{name}/ready", v2_model_ready, ["GET"]),
-    ):
-        app.add_api_route(path, handler, methods=methods, include_in_schema=True)
-
-    async def unexpected(_request: Request, exc: Exception) -> Response:
-        metrics.error_counter("internal").inc()
-        return json_response({"code": "internal", "message": f"internal error: {type(exc).__name__}"}, 500)
-
-    app.add_exception_handler(Exception, unexpected)
-    endpoints = InferenceEndpoints(service, metrics)
-    return InferenceFastPath(app, endpoints, max_body=max_body, extra_headers=simulated_header)
+    return HttpEdge(front, max_body=max_body, observe=observe, on_error=on_error)

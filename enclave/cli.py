@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from attestation.cli import EXIT_OK, UsageError
+from protocol.inputs import MAX_BATCH_ELEMENTS
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -21,6 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from protocol.manifest import ManifestError, load_manifest
 
     from .app import create_app
+    from .batch_access import BatchAccess
     from .image import measure_image
     from .service import EnclaveService
     from .vsock import vsock_listener
@@ -42,8 +45,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except NsmUnavailableError as exc:
             log.error("refusing to start: %s", exc)
             return 1
+    batch_access = BatchAccess(_batch_token_digest(args.batch_token_sha256), rate_per_s=args.batch_rate)
     service = EnclaveService(manifest, nsm)
-    app = create_app(service, max_body=args.max_body)
+    app = create_app(
+        service, max_body=args.max_body, max_elements=args.max_elements, batch_access=batch_access
+    )
+    if not batch_access.enabled:
+        log.info("POST /receipts/batch is disabled (no --batch-token-sha256)")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     if args.vsock is not None:
@@ -58,6 +66,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("serving on http://%s:%d as enclave %s", args.host, args.port, service.address)
         server.run()
     return EXIT_OK
+
+
+def _batch_token_digest(text: str | None) -> bytes | None:
+    if not text:
+        return None
+    try:
+        digest = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise UsageError("--batch-token-sha256 takes the 64-hex-digit sha256 of the relay's token")
+    return digest
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -106,7 +126,26 @@ def register_serve(subparsers: Any) -> None:
         "--models", default=str(DEFAULT_MODELS), help="directory with manifest.json and ONNX files"
     )
     serve.add_argument("--pki-dir", default=None, help="simulator PKI directory (with --nsm sim)")
-    serve.add_argument("--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES")
+    serve.add_argument(
+        "--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES", help="request body limit (413)"
+    )
+    serve.add_argument(
+        "--max-elements",
+        type=int,
+        default=MAX_BATCH_ELEMENTS,
+        metavar="N",
+        help="most tensor elements one request may carry (400 tensor_too_large)",
+    )
+    serve.add_argument(
+        "--batch-token-sha256",
+        default=os.environ.get("VERINFER_BATCH_TOKEN_SHA256"),
+        metavar="HEX",
+        help="sha256 of the relay's bearer token for POST /receipts/batch (env VERINFER_BATCH_TOKEN_SHA256);"
+        " without it the route is disabled",
+    )
+    serve.add_argument(
+        "--batch-rate", type=float, default=2.0, metavar="PER_S", help="receipt batches per second"
+    )
     serve.set_defaults(handler=cmd_serve)
 
 

@@ -1,45 +1,50 @@
 """A lean ASGI front for the two inference routes; every other request goes to the FastAPI app.
 
 FastAPI's per-request machinery (Request object, dependency resolution, Response object) costs about as much
-as signing a receipt, so the hot routes are served straight from ASGI messages. The body limit is enforced
-here too: a declared Content-Length over the limit is refused before reading, a streamed body as it grows.
+as signing a receipt, so the hot routes are served straight from ASGI messages. The body arrives already
+read and bounded by protocol/edge.py; the same handlers back the documented FastAPI routes (enclave/app.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+import logging
 
+from protocol.edge import ASGIApp, Receive, Scope, Send, error_body
 from protocol.errors import RequestError
 
-from .inference import InferenceEndpoints, Reply, error_body
+from .inference import InferenceEndpoints, Reply
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
+log = logging.getLogger("verinfer.enclave")
 _V2_PREFIX = "/v2/models/"
 _V2_SUFFIX = "/infer"
+INTERNAL = RequestError(500, "internal", "internal error; nothing was signed")
 
 
-class _Disconnected(Exception):
-    pass
+def v2_infer_model(path: str) -> str | None:
+    """The model name of a V2 infer path (/v2/models/NAME/infer), else None."""
+    if path.startswith(_V2_PREFIX) and path.endswith(_V2_SUFFIX):
+        name = path[len(_V2_PREFIX) : -len(_V2_SUFFIX)]
+        if name and "/" not in name:
+            return name
+    return None
+
+
+def run_endpoint(endpoints: InferenceEndpoints, v2_model: str | None, body: bytes) -> Reply:
+    """One inference request to (status, body); an unexpected failure is a counted 500, never a crash."""
+    try:
+        return endpoints.infer(body) if v2_model is None else endpoints.v2_infer(v2_model, body)
+    except Exception:
+        log.exception("inference failed unexpectedly")
+        endpoints.metrics.error_counter(INTERNAL.code).inc()
+        return INTERNAL.status, error_body(INTERNAL, v2=v2_model is not None)
 
 
 class InferenceFastPath:
     def __init__(
-        self,
-        fallback: ASGIApp,
-        endpoints: InferenceEndpoints,
-        *,
-        max_body: int,
-        extra_headers: dict[str, str],
+        self, fallback: ASGIApp, endpoints: InferenceEndpoints, *, extra_headers: dict[str, str]
     ) -> None:
         self.fallback = fallback
         self.endpoints = endpoints
-        self.max_body = max_body
         self.headers = [(b"content-type", b"application/json")] + [
             (k.lower().encode(), v.encode()) for k, v in extra_headers.items()
         ]
@@ -48,49 +53,19 @@ class InferenceFastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path == "/infer":
-                await self._serve(scope, receive, send, None)
+                await self._serve(receive, send, None)
                 return
-            if path.startswith(_V2_PREFIX) and path.endswith(_V2_SUFFIX):
-                name = path[len(_V2_PREFIX) : -len(_V2_SUFFIX)]
-                if name and "/" not in name:
-                    await self._serve(scope, receive, send, name)
-                    return
+            name = v2_infer_model(path)
+            if name is not None:
+                await self._serve(receive, send, name)
+                return
         await self.fallback(scope, receive, send)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, v2_model: str | None) -> None:
-        try:
-            body = await self._read_body(scope, receive)
-        except RequestError as error:
-            endpoint = "infer" if v2_model is None else "v2_infer"
-            self.endpoints.metrics.error_counter(error.code).inc()
-            self.endpoints.metrics.request_counter(endpoint, error.status).inc()
-            await self._send(send, (error.status, error_body(error, v2=v2_model is not None)))
+    async def _serve(self, receive: Receive, send: Send, v2_model: str | None) -> None:
+        message = await receive()  # HttpEdge hands over the whole body as one message
+        if message["type"] != "http.request":
             return
-        except _Disconnected:
-            return
-        reply = self.endpoints.infer(body) if v2_model is None else self.endpoints.v2_infer(v2_model, body)
-        await self._send(send, reply)
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise RequestError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise RequestError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _send(self, send: Send, reply: Reply) -> None:
-        status, payload = reply
+        status, payload = run_endpoint(self.endpoints, v2_model, message.get("body", b""))
         headers = [*self.headers, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

@@ -2,7 +2,7 @@
 
 Kept free of any web framework so the hot path pays only for parsing, inference, hashing and signing;
 enclave/fastpath.py serves them over ASGI. Errors become the endpoint family's JSON shape: {code, message}
-for /infer, {error, code} for the V2 protocol.
+for /infer, {error, code} for the V2 protocol (protocol/edge.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from protocol.edge import error_body
 from protocol.errors import RequestError, bad_request
-from protocol.inputs import parse_inputs
+from protocol.inputs import MAX_BATCH_ELEMENTS, may_hold_bools, parse_inputs
 
 from .metrics import Metrics
 from .runtime import LoadedModel
@@ -36,17 +37,13 @@ def tensor_json(name: str, array: np.ndarray, model: LoadedModel) -> dict[str, A
     return {"name": name, "datatype": spec.dtype.v2, "shape": list(array.shape), "data": array.ravel()}
 
 
-def error_body(error: RequestError, *, v2: bool) -> bytes:
-    shape = (
-        {"error": error.message, "code": error.code} if v2 else {"code": error.code, "message": error.message}
-    )
-    return orjson.dumps(shape)
-
-
 class InferenceEndpoints:
-    def __init__(self, service: EnclaveService, metrics: Metrics) -> None:
+    def __init__(
+        self, service: EnclaveService, metrics: Metrics, *, max_elements: int = MAX_BATCH_ELEMENTS
+    ) -> None:
         self.service = service
         self.metrics = metrics
+        self.max_elements = max_elements
 
     def _run(
         self,
@@ -61,15 +58,24 @@ class InferenceEndpoints:
         self.metrics.model_inferences(model.entry.name).inc()
         return result
 
-    def _reply(self, endpoint: str, build: Any, *, v2: bool) -> Reply:
+    def _reply(self, build: Any, *, v2: bool) -> Reply:
         try:
             payload = build()
         except RequestError as error:
             self.metrics.error_counter(error.code).inc()
-            self.metrics.request_counter(endpoint, error.status).inc()
             return error.status, error_body(error, v2=v2)
-        self.metrics.request_counter(endpoint, 200).inc()
         return 200, orjson.dumps(payload, option=_NUMPY)
+
+    def _inputs(
+        self, model: LoadedModel, inputs: Any, body: bytes, *, v2: bool
+    ) -> list[tuple[str, np.ndarray]]:
+        return parse_inputs(
+            model.entry,
+            inputs,
+            v2=v2,
+            max_elements=self.max_elements,
+            check_bools=may_hold_bools(body),
+        )
 
     def infer(self, body: bytes) -> Reply:
         """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt."""
@@ -81,7 +87,7 @@ class InferenceEndpoints:
             if "model" not in request or "inputs" not in request:
                 raise bad_request("missing_field", "body needs 'model' and 'inputs'")
             model = self.service.runtime.get(request["model"])
-            inputs = parse_inputs(model.entry, request["inputs"])
+            inputs = self._inputs(model, request["inputs"], body, v2=False)
             result = self._run(model, inputs, parse_request_id(request.get("request_id")), None)
             return {
                 "model": model.entry.name,
@@ -91,7 +97,7 @@ class InferenceEndpoints:
                 "simulated": self.service.simulated,
             }
 
-        return self._reply("infer", build, v2=False)
+        return self._reply(build, v2=False)
 
     def v2_infer(self, name: str, body: bytes) -> Reply:
         """POST /v2/models/{name}/infer: the Open Inference Protocol, receipt in `parameters`."""
@@ -105,7 +111,7 @@ class InferenceEndpoints:
             parameters = {} if parameters is None else parameters
             if not isinstance(parameters, dict):
                 raise bad_request("invalid_parameters", "'parameters' must be an object")
-            inputs = parse_inputs(model.entry, request["inputs"], v2=True)
+            inputs = self._inputs(model, request["inputs"], body, v2=True)
             wanted = requested_outputs(request.get("outputs"), model)
             result = self._run(model, inputs, parse_request_id(parameters.get("request_id")), wanted)
             response: dict[str, Any] = {
@@ -118,7 +124,7 @@ class InferenceEndpoints:
                 response["id"] = request["id"]
             return response
 
-        return self._reply("v2_infer", build, v2=True)
+        return self._reply(build, v2=True)
 
 
 def requested_outputs(value: Any, model: LoadedModel) -> set[str] | None:
@@ -126,6 +132,8 @@ def requested_outputs(value: Any, model: LoadedModel) -> set[str] | None:
     if value is None:
         return None
     names = set(model.output_specs)
-    if not isinstance(value, list) or not all(isinstance(o, dict) and o.get("name") in names for o in value):
+    if not isinstance(value, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) and o["name"] in names for o in value
+    ):
         raise bad_request("unknown_output", f"requested outputs must be among {sorted(names)}")
     return {o["name"] for o in value}

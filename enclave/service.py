@@ -17,7 +17,7 @@ from attestation.document import decode
 from attestation.nsm import NsmClient
 from protocol import merkle
 from protocol.addresses import checksum_address
-from protocol.errors import RequestError, bad_request
+from protocol.errors import RequestError, bad_request, unprocessable
 from protocol.hashing import keccak256
 from protocol.manifest import Manifest
 from protocol.receipts import Receipt, SignedReceipt, batch_digest, sign_receipt
@@ -97,10 +97,21 @@ class EnclaveService:
         request_id: bytes,
         only: set[str] | None = None,
     ) -> InferenceResult:
-        """Run, hash, sign. With `only`, outputs (and outputHash) are just those, in model order."""
+        """Run, hash, sign. With `only`, outputs (and outputHash) are just those, in model order.
+
+        A model can overflow to NaN/Inf on finite inputs (an MLP fed 1e38); such an answer is refused
+        with 422 and never signed, because JSON cannot carry it and no consumer could act on it.
+        """
         outputs = model.run(dict(inputs))
         if only is not None:
             outputs = [(name, array) for name, array in outputs if name in only]
+        for name, array in outputs:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise unprocessable(
+                    "non_finite_output",
+                    f"{model.entry.name} produced a non-finite value in {name!r} for this input; "
+                    "nothing was signed",
+                )
         receipt = Receipt(
             request_id=request_id,
             model_hash=model.entry.model_hash,
@@ -121,6 +132,8 @@ class EnclaveService:
                 410, "receipts_evicted", f"receipts before {self.receipt_log_start} are no longer kept"
             )
         offset = start - self.receipt_log_start
+        if offset >= len(self.receipt_log):  # also keeps islice's arguments below sys.maxsize
+            return {"from": start, "count": 0, "next": start}
         batch = list(itertools.islice(self.receipt_log, offset, offset + min(limit, MAX_BATCH)))
         if not batch:
             return {"from": start, "count": 0, "next": start}

@@ -64,9 +64,19 @@ class _Disconnected(Exception):
 class HttpEdge:
     """Body limit, X-Request-ID (accepted or generated, echoed, logged) and an access log line."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, logger: str = "verinfer.access") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        logger: str = "verinfer.access",
+        observe: Callable[[str, int], None] | None = None,
+        on_error: Callable[[RequestError], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.observe = observe  # (path, status) of every answered request, for metrics
+        self.on_error = on_error  # refusals made here (413), for metrics
         self.log = logging.getLogger(logger)
         self.too_large = RequestError(413, "body_too_large", f"request body exceeds {max_body} bytes")
 
@@ -87,23 +97,28 @@ class HttpEdge:
             await send(message)
 
         try:
-            body = await self._read_body(scope, receive)
-        except RequestError as error:
-            await _send_error(send_with_id, error, scope["path"])
-        except _Disconnected:
-            status = 499  # nginx's code for "client closed the request"; nothing is sent
-        else:
-            replay = _replay(body, receive)
-            await self.app(scope, replay, send_with_id)
-        if self.log.isEnabledFor(logging.INFO):
-            self.log.info(
-                "%s %s %s %d %.2fms",
-                request_id.decode(),
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            try:
+                body = await self._read_body(scope, receive)
+            except RequestError as error:
+                if self.on_error is not None:
+                    self.on_error(error)
+                await _send_error(send_with_id, error, scope["path"])
+            except _Disconnected:
+                status = 499  # nginx's code for "client closed the request"; nothing is sent
+            else:
+                await self.app(scope, _replay(body, receive), send_with_id)
+        finally:  # also when the app raised after answering 500
+            if self.observe is not None and status:
+                self.observe(scope["path"], status)
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info(
+                    "%s %s %s %d %.2fms",
+                    request_id.decode(),
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for key, value in scope["headers"]:

@@ -12,11 +12,14 @@ class RequestError(ProtocolError):
     """A request the service refuses, with a stable code and the HTTP status it maps to (always 4xx:
     the server stays up and keeps serving)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}  # e.g. Allow, Retry-After, WWW-Authenticate
 
 
 def bad_request(code: str, message: str) -> RequestError:

@@ -7,6 +7,8 @@ every request; a verifier uses it to recompute inputHash from the request it sen
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,18 +21,43 @@ from .tensors import BY_V2
 MAX_BATCH_ELEMENTS = 1 << 22
 
 
-def to_array(spec: TensorSpec, data: Any, shape: Sequence[int] | None = None) -> np.ndarray:
+def contains_bool(data: Any) -> bool:
+    """Whether nested lists hold a JSON boolean anywhere: numpy would silently read true as 1.
+
+    Costs about as much as building the array, so callers that have the JSON text skip it when the text
+    has no `true`/`false` token at all (`may_hold_bools`).
+    """
+    level = data if isinstance(data, list) else [data]
+    while any(type(item) is list for item in level):
+        level = list(itertools.chain.from_iterable(i if type(i) is list else (i,) for i in level))
+    return bool in set(map(type, level))
+
+
+def may_hold_bools(body: bytes) -> bool:
+    return b"true" in body or b"false" in body
+
+
+def to_array(
+    spec: TensorSpec,
+    data: Any,
+    shape: Sequence[int] | None = None,
+    *,
+    max_elements: int = MAX_BATCH_ELEMENTS,
+    check_bools: bool = True,
+) -> np.ndarray:
     """Convert JSON data to the tensor `spec` describes, or raise a 400 naming what is wrong."""
+    if shape is not None and math.prod(shape) > max_elements:  # Python ints: no overflow, checked first
+        raise bad_request("tensor_too_large", f"{spec.name}: shape has more than {max_elements} elements")
     try:
         raw = np.array(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise bad_request(
             "invalid_tensor", f"{spec.name}: data is not a rectangular array of numbers"
         ) from exc
-    if raw.dtype.kind not in "iuf" or raw.dtype == np.bool_:
+    if raw.dtype.kind not in "iuf" or raw.dtype == np.bool_ or (check_bools and contains_bool(data)):
         raise bad_request("invalid_dtype", f"{spec.name}: expected numbers of type {spec.dtype.name}")
-    if raw.size > MAX_BATCH_ELEMENTS:
-        raise bad_request("tensor_too_large", f"{spec.name}: more than {MAX_BATCH_ELEMENTS} elements")
+    if raw.size > max_elements:
+        raise bad_request("tensor_too_large", f"{spec.name}: more than {max_elements} elements")
     if spec.dtype.numpy.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
             array = raw.astype(spec.dtype.numpy)
@@ -47,7 +74,7 @@ def to_array(spec: TensorSpec, data: Any, shape: Sequence[int] | None = None) ->
             raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
         array = raw.astype(spec.dtype.numpy)
     if shape is not None:
-        if array.size != int(np.prod(shape)):
+        if array.size != math.prod(shape):
             raise bad_request(
                 "invalid_shape", f"{spec.name}: {array.size} values do not fill shape {list(shape)}"
             )
@@ -73,7 +100,14 @@ def check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
         raise bad_request("invalid_shape", f"{spec.name}: empty tensors are not accepted")
 
 
-def parse_named_tensor(entry: ModelEntry, item: Any, *, v2: bool) -> tuple[TensorSpec, np.ndarray]:
+def parse_named_tensor(
+    entry: ModelEntry,
+    item: Any,
+    *,
+    v2: bool,
+    max_elements: int = MAX_BATCH_ELEMENTS,
+    check_bools: bool = True,
+) -> tuple[TensorSpec, np.ndarray]:
     """One tensor object: {"name", "data", "shape"?, "datatype"?}; V2 requires shape and datatype."""
     if not isinstance(item, dict) or "name" not in item or "data" not in item:
         raise bad_request("missing_field", "each input tensor needs 'name' and 'data'")
@@ -86,27 +120,41 @@ def parse_named_tensor(entry: ModelEntry, item: Any, *, v2: bool) -> tuple[Tenso
     shape = item.get("shape")
     if v2 and ("shape" not in item or "datatype" not in item):
         raise bad_request("missing_field", f"{spec.name}: V2 tensors need 'shape' and 'datatype'")
-    if "datatype" in item and BY_V2.get(item["datatype"]) != spec.dtype:
+    datatype = item.get("datatype")
+    if "datatype" in item and (not isinstance(datatype, str) or BY_V2.get(datatype) != spec.dtype):
         raise bad_request(
-            "invalid_dtype", f"{spec.name}: datatype must be {spec.dtype.v2}, got {item['datatype']!r}"
+            "invalid_dtype", f"{spec.name}: datatype must be {spec.dtype.v2}, got {datatype!r:.40}"
         )
     if shape is not None and (
         not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
     ):
         raise bad_request("invalid_shape", f"{spec.name}: shape must be a list of non-negative integers")
-    return spec, to_array(spec, item["data"], shape)
+    return spec, to_array(spec, item["data"], shape, max_elements=max_elements, check_bools=check_bools)
 
 
-def parse_inputs(entry: ModelEntry, inputs: Any, *, v2: bool = False) -> list[tuple[str, np.ndarray]]:
-    """Inputs in the model's declared order: named tensor objects, or a plain nested list for one input."""
+def parse_inputs(
+    entry: ModelEntry,
+    inputs: Any,
+    *,
+    v2: bool = False,
+    max_elements: int = MAX_BATCH_ELEMENTS,
+    check_bools: bool = True,
+) -> list[tuple[str, np.ndarray]]:
+    """Inputs in the model's declared order: named tensor objects, or a plain nested list for one input.
+
+    `max_elements` bounds the whole request, not each tensor. Pass `check_bools=False` only when the
+    request's JSON text holds no boolean at all (`may_hold_bools`).
+    """
     specs = entry.inputs
+    budget = max_elements
     if isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs):
         parsed: dict[str, np.ndarray] = {}
         for item in inputs:
-            spec, array = parse_named_tensor(entry, item, v2=v2)
+            spec, array = parse_named_tensor(entry, item, v2=v2, max_elements=budget, check_bools=check_bools)
             if spec.name in parsed:
                 raise bad_request("duplicate_input", f"input {spec.name!r} given twice")
             parsed[spec.name] = array
+            budget -= array.size
         missing = [s.name for s in specs if s.name not in parsed]
         if missing:
             raise bad_request("missing_input", f"{entry.name} also needs inputs {missing}")
@@ -115,4 +163,4 @@ def parse_inputs(entry: ModelEntry, inputs: Any, *, v2: bool = False) -> list[tu
         raise bad_request("missing_field", "'inputs' must be a list of tensors")
     if len(specs) != 1:
         raise bad_request("invalid_inputs", f"{entry.name} takes several inputs: name each tensor")
-    return [(specs[0].name, to_array(specs[0], inputs))]
+    return [(specs[0].name, to_array(specs[0], inputs, max_elements=max_elements, check_bools=check_bools))]

@@ -26,6 +26,8 @@ def document_time(data: bytes) -> datetime:
 
 
 MAX_BODY = 256 * 1024
+# The session server serves receipt batches to this token (the relay's, in production).
+BATCH_TOKEN = "test-relay-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +38,10 @@ def server_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(server_pki: Path) -> Iterator[str]:
     """A real `verinfer serve` (simulator NSM) on a free loopback port, shared by the session's tests."""
-    from verinfer.processes import running_server
+    from verinfer.processes import batch_token_args, running_server
 
-    with running_server("--nsm", "sim", "--pki-dir", str(server_pki), "--max-body", str(MAX_BODY)) as url:
+    args = ["--nsm", "sim", "--pki-dir", str(server_pki), "--max-body", str(MAX_BODY)]
+    with running_server(*args, *batch_token_args(BATCH_TOKEN)) as url:
         yield url
 
 

@@ -20,9 +20,10 @@ from protocol.receipts import SignedReceipt
 from protocol.tensors import BY_V2, decode_tensors, encode_tensors
 from relay.chain import ChainError, custom_error, deploy
 from relay.registration import attest_enclave, registration_digest, sign_registration, submit_registration
-from verinfer.processes import ANVIL_KEYS
+from verinfer.processes import ANVIL_KEYS, bearer
 
 from .chain_fixtures import Chain
+from .conftest import BATCH_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = Path(__file__).parent / "vectors"
@@ -253,7 +254,9 @@ def test_anchor_single_receipt(snapshot: Chain, server: str) -> None:
 def test_anchor_batch_and_prove_inclusion(snapshot: Chain, server: str) -> None:
     for _ in range(6):
         infer(server)
-    batch = httpx.post(f"{server}/receipts/batch", json={"from": 0, "max": 4096}).json()
+    batch = httpx.post(
+        f"{server}/receipts/batch", headers=bearer(BATCH_TOKEN), json={"from": 0, "max": 4096}
+    ).json()
     root = bytes.fromhex(batch["root"][2:])
     snapshot.relay.transact(
         snapshot.contract.functions.anchorBatch(root, batch["count"], bytes.fromhex(batch["signature"][2:]))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +15,16 @@ from pathlib import Path
 import httpx
 
 VERINFER = str(Path(sys.executable).parent / "verinfer")
+
+
+def batch_token_args(token: str, rate_per_s: float = 1000.0) -> list[str]:
+    """`verinfer serve` options that serve POST /receipts/batch to the holder of `token` (the relay)."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    return ["--batch-token-sha256", digest, "--batch-rate", str(rate_per_s)]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def free_port() -> int:
@@ -48,9 +60,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
 
 @contextmanager
 def running_server(*args: str, log: Path | None = None) -> Iterator[str]:
-    """Start the server, wait until /v2/health/ready answers, stop it on exit. Yields its base URL."""
+    """Start the server, wait until /v2/health/ready answers, stop it on exit. Yields its base URL.
+
+    Output goes to a file, never an undrained pipe: the server logs a line per request and would block
+    once a pipe's buffer filled.
+    """
     port = free_port()
-    output = log.open("wb") if log else subprocess.PIPE
+    output = log.open("w+b") if log else tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
     process = subprocess.Popen(
         [VERINFER, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         stdout=output,
@@ -58,12 +74,15 @@ def running_server(*args: str, log: Path | None = None) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
+        try:
+            wait_ready(url, process)
+        except (RuntimeError, TimeoutError) as exc:
+            output.seek(0)
+            raise RuntimeError(f"{exc}\n{output.read().decode(errors='replace')}") from exc
         yield url
     finally:
         stop(process)
-        if log:
-            output.close()  # type: ignore[union-attr]
+        output.close()
 
 
 ANVIL = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "anvil"
