@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protocol.edge import HttpEdge, error_for_path
+from protocol.edge import AccessLog, HttpEdge, error_for_path
 from protocol.errors import RequestError, bad_request
 from protocol.inputs import MAX_BATCH_ELEMENTS
 
@@ -100,11 +100,16 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(request, RequestError(exc.status_code, code, message, headers=headers))
 
 
+_PARAMETER_CODES = {"nonce": "invalid_nonce"}
+
+
 async def on_validation_error(request: Request, exc: Exception) -> Response:
+    """Parameters FastAPI validates (query, path) fail with the protocol's code for that parameter."""
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return error_response(request, bad_request("invalid_request", f"{where}: {first.get('msg', 'invalid')}"))
+    location = [str(part) for part in first.get("loc", ())]
+    code = _PARAMETER_CODES.get(location[-1] if location else "", "invalid_request")
+    return error_response(request, bad_request(code, f"{'.'.join(location)}: {first.get('msg', 'invalid')}"))
 
 
 async def on_unexpected(request: Request, _exc: Exception) -> Response:
@@ -120,7 +125,14 @@ async def post_infer(request: Request) -> Response:
     return Response(payload, status_code=status, media_type=_JSON, headers=_state(request).extra_headers)
 
 
-async def get_attestation(request: Request, nonce: str | None = None) -> Response:
+NONCE_QUERY = Query(
+    default=None,
+    pattern=r"^(0x)?([0-9a-fA-F]{2}){0,1024}$",
+    description="hex, at most 1024 bytes: bound into the document so it cannot be a replay",
+)
+
+
+async def get_attestation(request: Request, nonce: str | None = NONCE_QUERY) -> Response:
     """A fresh attestation document binding the enclave key and the manifest digest, with your nonce.
 
     JSON by default; `Accept: application/cbor` returns the raw COSE_Sign1 document.
@@ -142,11 +154,20 @@ async def post_receipts_batch(request: Request) -> Response:
     """A signed Merkle root over this enclave's receipts, for the relay only (bearer token, rate-limited)."""
     _state(request).batch_access.check(request.headers.get("authorization"))
     body = parse_json(await request.body())
-    start = body.get("from", 0) if isinstance(body, dict) else None
-    limit = body.get("max", MAX_BATCH) if isinstance(body, dict) else None
-    if type(start) is not int or type(limit) is not int or not 0 <= start < 2**63 or not 1 <= limit < 2**63:
+    start = _whole(body.get("from", 0)) if isinstance(body, dict) else None
+    limit = _whole(body.get("max", MAX_BATCH)) if isinstance(body, dict) else None
+    if start is None or limit is None or not 0 <= start < 2**63 or not 1 <= limit < 2**63:
         raise bad_request("invalid_batch", "body must be {from: sequence >= 0, max: count >= 1} (below 2^63)")
     return json_response(_service(request).receipt_batch(start, limit))
+
+
+def _whole(value: Any) -> int | None:
+    """A JSON integer; 5.0 counts (JSON Schema's "integer" admits it), 5.5, true and "5" do not."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return None
 
 
 async def get_metrics(request: Request) -> Response:
@@ -295,9 +316,11 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     max_elements: int = MAX_BATCH_ELEMENTS,
     batch_access: BatchAccess | None = None,
+    access_log: AccessLog | None = None,
     fast_path: bool = True,
 ) -> HttpEdge:
     """The ASGI app. `fast_path=False` serves inference through the FastAPI routes (for tests)."""
+    access_log = access_log or AccessLog(None)
     api = FastAPI(
         title="verinfer enclave",
         version=__version__,
@@ -320,6 +343,7 @@ def create_app(
     api.add_exception_handler(RequestValidationError, on_validation_error)
     api.add_exception_handler(Exception, on_unexpected)
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
+    api.router.on_shutdown.append(access_log.flush)
     front: Any = (
         InferenceFastPath(api, endpoints, extra_headers=api.state.extra_headers) if fast_path else api
     )
@@ -330,4 +354,4 @@ def create_app(
     def on_error(error: RequestError) -> None:
         metrics.error_counter(error.code).inc()
 
-    return HttpEdge(front, max_body=max_body, observe=observe, on_error=on_error)
+    return HttpEdge(front, max_body=max_body, access_log=access_log, observe=observe, on_error=on_error)

@@ -7,8 +7,9 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from attestation.cli import EXIT_OK, UsageError
 from protocol.inputs import MAX_BATCH_ELEMENTS
@@ -20,6 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from attestation.nsm import NsmUnavailableError, open_nsm
+    from protocol.edge import AccessLog
     from protocol.manifest import ManifestError, load_manifest
 
     from .app import create_app
@@ -48,7 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     batch_access = BatchAccess(_batch_token_digest(args.batch_token_sha256), rate_per_s=args.batch_rate)
     service = EnclaveService(manifest, nsm)
     app = create_app(
-        service, max_body=args.max_body, max_elements=args.max_elements, batch_access=batch_access
+        service,
+        max_body=args.max_body,
+        max_elements=args.max_elements,
+        batch_access=batch_access,
+        access_log=AccessLog(_access_log_stream(args.access_log)),
     )
     if not batch_access.enabled:
         log.info("POST /receipts/batch is disabled (no --batch-token-sha256)")
@@ -66,6 +72,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("serving on http://%s:%d as enclave %s", args.host, args.port, service.address)
         server.run()
     return EXIT_OK
+
+
+def _access_log_stream(where: str) -> IO[str] | None:
+    if where == "off":
+        return None
+    if where == "-":
+        return sys.stderr
+    try:
+        return Path(where).open("a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot open the access log {where}: {exc}") from exc
 
 
 def _batch_token_digest(text: str | None) -> bytes | None:
@@ -142,6 +159,12 @@ def register_serve(subparsers: Any) -> None:
         metavar="HEX",
         help="sha256 of the relay's bearer token for POST /receipts/batch (env VERINFER_BATCH_TOKEN_SHA256);"
         " without it the route is disabled",
+    )
+    serve.add_argument(
+        "--access-log",
+        default="-",
+        metavar="PATH",
+        help="one line per request: '-' for stderr (default), a file to append to, or 'off'",
     )
     serve.add_argument(
         "--batch-rate", type=float, default=2.0, metavar="PER_S", help="receipt batches per second"

@@ -2,14 +2,15 @@
 
 FastAPI's per-request machinery (Request object, dependency resolution, Response object) costs about as much
 as signing a receipt, so the hot routes are served straight from ASGI messages. The body arrives already
-read and bounded by protocol/edge.py; the same handlers back the documented FastAPI routes (enclave/app.py).
+read and bounded by protocol/edge.py (in the scope); the same handlers back the documented FastAPI routes
+(enclave/app.py).
 """
 
 from __future__ import annotations
 
 import logging
 
-from protocol.edge import ASGIApp, Receive, Scope, Send, error_body
+from protocol.edge import BODY_KEY, ASGIApp, Receive, Scope, Send, error_body
 from protocol.errors import RequestError
 
 from .inference import InferenceEndpoints, Reply
@@ -53,19 +54,17 @@ class InferenceFastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             path: str = scope["path"]
             if path == "/infer":
-                await self._serve(receive, send, None)
+                await self._serve(scope, receive, send, None)
                 return
             name = v2_infer_model(path)
             if name is not None:
-                await self._serve(receive, send, name)
+                await self._serve(scope, receive, send, name)
                 return
         await self.fallback(scope, receive, send)
 
-    async def _serve(self, receive: Receive, send: Send, v2_model: str | None) -> None:
-        message = await receive()  # HttpEdge hands over the whole body as one message
-        if message["type"] != "http.request":
-            return
-        status, payload = run_endpoint(self.endpoints, v2_model, message.get("body", b""))
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, v2_model: str | None) -> None:
+        body: bytes = scope[BODY_KEY]  # always behind HttpEdge, which read and bounded it
+        status, payload = run_endpoint(self.endpoints, v2_model, body)
         headers = [*self.headers, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

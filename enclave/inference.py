@@ -107,6 +107,8 @@ class InferenceEndpoints:
             request = parse_json(body)
             if not isinstance(request, dict) or "inputs" not in request:
                 raise bad_request("missing_field", "body needs 'inputs' (a list of tensors)")
+            if "id" in request and not isinstance(request["id"], str):
+                raise bad_request("invalid_id", "'id' must be a string")
             parameters = request.get("parameters")
             parameters = {} if parameters is None else parameters
             if not isinstance(parameters, dict):
@@ -121,7 +123,7 @@ class InferenceEndpoints:
                 "parameters": {"receipt": result.receipt.to_json(), "simulated": self.service.simulated},
             }
             if "id" in request:
-                response["id"] = request["id"]
+                response["id"] = request["id"]  # checked to be a string before any work
             return response
 
         return self._reply(build, v2=True)

@@ -63,9 +63,12 @@ class OutputTensor(BaseModel):
 
 
 class InferRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "iris-mlp", "inputs": [[6.7, 3.0, 5.2, 2.3]]}]}
+    )
     model: str
     inputs: list[InputTensor] | list[Any] = Field(
-        description="named tensors, or for a one-input model its data as nested lists"
+        min_length=1, description="named tensors, or for a one-input model its data as nested lists"
     )
     request_id: str | None = Field(
         default=None, pattern=r"^0x[0-9a-fA-F]{64}$", description="32 bytes; random when absent"
@@ -91,8 +94,19 @@ class V2InferParameters(BaseModel):
 
 
 class V2InferRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "inputs": [
+                        {"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [6.7, 3, 5.2, 2.3]}
+                    ]
+                }
+            ]
+        }
+    )
     id: str | None = None
-    inputs: list[V2InputTensor]
+    inputs: list[V2InputTensor] = Field(min_length=1)
     outputs: list[V2RequestedOutput] | None = Field(
         default=None, description="a subset of outputs; the receipt's outputHash covers exactly these"
     )
