@@ -1,6 +1,10 @@
 """`verinfer attest ...`: inspect, verify and simulate attestation documents from the shell.
 
 Exit codes: 0 verified (or done), 1 rejected (reason printed), 2 usage or I/O error.
+
+`add_policy_options` and `policy_from_args` define the verification options (root, PCRs, time, debug,
+nonce, freshness, --json) once, for every command that verifies a document: `attest verify` here,
+`verinfer verify`, and the relay's commands.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .document import AttestationDocument, decode
-from .encoding import read_document_bytes
+from .encoding import DocumentFormatError, read_document_bytes
 from .errors import AttestationError
 from .measure import measure_tree
 from .nsm.simulator import SimulatedNsmDevice
-from .roots import aws_nitro_root, resolve_root
+from .roots import TrustedRoot, aws_nitro_root, resolve_root
 from .sim_pki import SimulatorPki, default_directory
 from .verify import Policy, VerifiedAttestation, verify
 
@@ -29,7 +33,8 @@ class UsageError(Exception):
     """Bad arguments or unreadable files: exit code 2."""
 
 
-def _hex(text: str, what: str) -> bytes:
+def hex_arg(text: str, what: str) -> bytes:
+    """Hex (optional 0x) from the command line, or a UsageError naming the option."""
     try:
         return bytes.fromhex(text.removeprefix("0x"))
     except ValueError as exc:
@@ -42,16 +47,20 @@ def pcr_args(items: list[str]) -> dict[int, bytes]:
         index, sep, value = item.partition("=")
         if not sep or not index.isdigit():
             raise UsageError(f"--pcr takes N=HEX, got {item!r}")
-        pcrs[int(index)] = _hex(value, f"PCR{index}")
+        pcrs[int(index)] = hex_arg(value, f"PCR{index}")
     return pcrs
 
 
-def _read(path: str) -> bytes:
+def read_document(path: str) -> bytes:
+    """A document file in any form `read_document_bytes` reads (- for stdin), or a UsageError."""
     try:
         raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
-    return read_document_bytes(raw)
+    try:
+        return read_document_bytes(raw)
+    except DocumentFormatError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
 
 
 def _origin(doc: AttestationDocument) -> str:
@@ -64,12 +73,21 @@ def _optional_hex(value: bytes | None) -> str | None:
     return None if value is None else value.hex()
 
 
+def timestamp_of(timestamp_ms: int) -> datetime | None:
+    """The UTC time of a document timestamp, or None when it is past what datetime holds (year 9999)."""
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def document_summary(doc: AttestationDocument) -> dict[str, Any]:
-    """A JSON-ready view of a document, for people and scripts."""
+    """A JSON-ready view of a document, for people and scripts ("timestamp" is null when out of range)."""
+    when = timestamp_of(doc.timestamp_ms)
     return {
         "module_id": doc.module_id,
         "timestamp_ms": doc.timestamp_ms,
-        "timestamp": datetime.fromtimestamp(doc.timestamp_ms / 1000, UTC).isoformat(),
+        "timestamp": None if when is None else when.isoformat(),
         "digest": doc.digest,
         "pcrs": {str(i): v.hex() for i, v in sorted(doc.pcrs.items())},
         "debug_mode": doc.is_debug,
@@ -87,7 +105,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print("*** SIMULATED: not produced by AWS Nitro hardware ***")
     print(f"origin:     {summary['origin']}")
     print(f"module_id:  {summary['module_id']}")
-    print(f"timestamp:  {summary['timestamp']} ({summary['timestamp_ms']} ms)")
+    shown = summary["timestamp"] or "OUT OF RANGE (past year 9999)"
+    print(f"timestamp:  {shown} ({summary['timestamp_ms']} ms)")
     print(f"debug mode: {'yes (PCR0-2 all zero)' if summary['debug_mode'] else 'no'}")
     for index, value in summary["pcrs"].items():
         if int(index) < 3 or any(c != "0" for c in value):
@@ -99,7 +118,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     try:
-        doc = decode(_read(args.file)).document
+        doc = decode(read_document(args.file)).document
     except AttestationError as exc:
         print(f"REJECTED {exc.code}: {exc.detail}", file=sys.stderr)
         return EXIT_REJECTED
@@ -112,12 +131,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def verification_time(args: argparse.Namespace, data: bytes) -> datetime | None:
-    if args.at_document_time:
+    """The time --at or --at-document-time asks for; None for now."""
+    if getattr(args, "at_document_time", False):
         try:
-            return datetime.fromtimestamp(decode(data).document.timestamp_ms / 1000, UTC)
+            timestamp_ms = decode(data).document.timestamp_ms
         except AttestationError:
             return None  # verify() reports the decoding error with its reason
-    if args.at:
+        when = timestamp_of(timestamp_ms)
+        if when is None:
+            raise UsageError(f"the document's timestamp ({timestamp_ms} ms) is past year 9999: give --at")
+        return when
+    if getattr(args, "at", None):
         try:
             when = datetime.fromisoformat(args.at)
         except ValueError as exc:
@@ -126,20 +150,86 @@ def verification_time(args: argparse.Namespace, data: bytes) -> datetime | None:
     return None
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    data = _read(args.file)
+def root_arg(value: str | None) -> TrustedRoot:
+    """--root: 'aws' (also the default, None) or the path of a PEM root certificate."""
     try:
-        root = resolve_root(args.root)
+        return resolve_root(value or "aws")
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load root {args.root!r}: {exc}") from exc
-    policy = Policy(
-        root=root,
-        expected_pcrs=pcr_args(args.pcr),
-        max_age_s=args.max_age,
-        expected_nonce=_hex(args.nonce, "--nonce") if args.nonce else None,
-        expected_public_key=_hex(args.public_key, "--public-key") if args.public_key else None,
-        expected_user_data=_hex(args.user_data, "--user-data") if args.user_data else None,
-        allow_debug=args.allow_debug,
+        raise UsageError(f"cannot load root {value!r}: {exc}") from exc
+
+
+def policy_from_args(args: argparse.Namespace, **overrides: Any) -> Policy:
+    """The Policy the options of `add_policy_options` describe; `overrides` replace Policy fields.
+
+    Reads only the options the parser has (a command without --nonce simply has no nonce)."""
+    nonce = getattr(args, "nonce", None)
+    fields: dict[str, Any] = {
+        "root": root_arg(getattr(args, "root", None)),
+        "expected_pcrs": pcr_args(getattr(args, "pcr", None) or []),
+        "max_age_s": getattr(args, "max_age", None),
+        "expected_nonce": hex_arg(nonce, "--nonce") if nonce else None,
+        "allow_debug": bool(getattr(args, "allow_debug", False)),
+    }
+    return Policy(**{**fields, **overrides})
+
+
+def add_policy_options(
+    parser: argparse.ArgumentParser,
+    *,
+    at: bool = True,
+    freshness: bool = True,
+    max_age: float | None = None,
+    json_output: bool = True,
+) -> None:
+    """The options every document-verifying command shares, defined once.
+
+    Always --root, --pcr (repeatable), --allow-debug; with `at`, --at / --at-document-time (exclusive);
+    with `freshness`, --nonce and --max-age (default `max_age`); with `json_output`, --json.
+    Build the Policy with `policy_from_args` and the time with `verification_time`."""
+    policy = parser.add_argument_group("attestation policy")
+    policy.add_argument(
+        "--root",
+        default=None,
+        metavar="aws|PEM",
+        help="trusted root: 'aws' (default: the packaged AWS Nitro root G1) or a PEM path "
+        "(the simulator's root.pem)",
+    )
+    policy.add_argument(
+        "--pcr",
+        action="append",
+        default=[],
+        metavar="N=HEX",
+        help="expected PCR value (repeatable)",
+    )
+    policy.add_argument(
+        "--allow-debug", action="store_true", help="accept debug-mode enclaves (all-zero PCR0-2)"
+    )
+    if freshness:
+        policy.add_argument("--nonce", metavar="HEX", help="the document must carry this nonce (yours)")
+        policy.add_argument(
+            "--max-age",
+            type=float,
+            default=max_age,
+            metavar="SECONDS",
+            help="reject documents older than this"
+            + (f" (default {max_age:g})" if max_age is not None else ""),
+        )
+    if at:
+        when = policy.add_mutually_exclusive_group()
+        when.add_argument("--at", metavar="ISO8601", help="verification time (default: now)")
+        when.add_argument(
+            "--at-document-time", action="store_true", help="verify at the document's own timestamp"
+        )
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    data = read_document(args.file)
+    policy = policy_from_args(
+        args,
+        expected_public_key=hex_arg(args.public_key, "--public-key") if args.public_key else None,
+        expected_user_data=hex_arg(args.user_data, "--user-data") if args.user_data else None,
     )
     try:
         result = verify(data, policy, verification_time(args, data))
@@ -189,9 +279,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     document = device.sign_document(
-        user_data=_hex(args.user_data, "--user-data") if args.user_data else None,
-        nonce=_hex(args.nonce, "--nonce") if args.nonce else None,
-        public_key=_hex(args.public_key, "--public-key") if args.public_key else None,
+        user_data=hex_arg(args.user_data, "--user-data") if args.user_data else None,
+        nonce=hex_arg(args.nonce, "--nonce") if args.nonce else None,
+        public_key=hex_arg(args.public_key, "--public-key") if args.public_key else None,
     )
     encoded = {
         "raw": document,
@@ -211,35 +301,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DOCUMENT_FORMS = "raw COSE bytes, hex, base64, or the JSON of GET /attestation"
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    """A command group run without its subcommand: its help, and the usage exit code."""
+    parser.print_help()
+    return EXIT_USAGE
+
+
 def register(subparsers: Any) -> None:
     """Add `attest` and its subcommands to a parent argparse parser."""
-    attest = subparsers.add_parser("attest", help="inspect, verify and simulate Nitro attestation documents")
-    commands = attest.add_subparsers(dest="attest_command", required=True)
+    attest = subparsers.add_parser(
+        "attest",
+        help="inspect, verify and simulate Nitro attestation documents",
+        description="Inspect, verify and simulate AWS Nitro attestation documents. "
+        f"A document file may be {DOCUMENT_FORMS}.",
+    )
+    commands = attest.add_subparsers(dest="attest_command", metavar="{inspect,verify,simulate}")
+    attest.set_defaults(handler=lambda _args: _help(attest))
 
     inspect = commands.add_parser("inspect", help="decode a document and show its fields (no verification)")
-    inspect.add_argument("file", help="document file (raw COSE bytes, hex or base64); - for stdin")
-    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("file", help=f"document file: {DOCUMENT_FORMS}; - for stdin")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(handler=cmd_inspect)
 
     check = commands.add_parser("verify", help="verify a document against a pinned root and a policy")
-    check.add_argument("file", help="document file (raw COSE bytes, hex or base64); - for stdin")
-    check.add_argument(
-        "--root", default="aws", help="'aws' (default: the packaged AWS Nitro root) or a PEM path"
-    )
-    when = check.add_mutually_exclusive_group()
-    when.add_argument("--at", help="verification time, ISO 8601 (default: now)")
-    when.add_argument(
-        "--at-document-time", action="store_true", help="verify at the document's own timestamp"
-    )
-    check.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="expected PCR value")
-    check.add_argument("--nonce", help="expected nonce (hex)")
-    check.add_argument("--public-key", help="expected public key (hex)")
-    check.add_argument("--user-data", help="expected user data (hex)")
-    check.add_argument("--max-age", type=float, metavar="SECONDS", help="reject documents older than this")
-    check.add_argument(
-        "--allow-debug", action="store_true", help="accept debug-mode (all-zero PCR0-2) enclaves"
-    )
-    check.add_argument("--json", action="store_true")
+    check.add_argument("file", help=f"document file: {DOCUMENT_FORMS}; - for stdin")
+    add_policy_options(check)
+    check.add_argument("--public-key", metavar="HEX", help="expected public key")
+    check.add_argument("--user-data", metavar="HEX", help="expected user data")
     check.set_defaults(handler=cmd_verify)
 
     simulate = commands.add_parser("simulate", help="produce a SIMULATED document signed by the dev PKI")

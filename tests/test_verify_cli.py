@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
 from verinfer.cli import main
+from verinfer.processes import VERINFER
 
 REQUEST = {"model": "iris-mlp", "inputs": [[6.7, 3.0, 5.2, 2.3]]}
 
 
-@pytest.fixture(scope="module")
-def evidence(server: str, server_pki: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("evidence")
+def collect_evidence(server: str, server_pki: Path, folder: Path) -> dict[str, Path]:
+    """What an auditor keeps: request, response, a nonced attestation, the manifest, the root, and the
+    image measurement they pin (`verinfer image measure --json`)."""
     files = {
         "request": REQUEST,
         "response": httpx.post(f"{server}/infer", json=REQUEST).json(),
@@ -27,16 +29,36 @@ def evidence(server: str, server_pki: Path, tmp_path_factory: pytest.TempPathFac
     for name, data in files.items():
         paths[name].write_text(json.dumps(data))
     paths["root"] = server_pki / "root.pem"
+    paths["image"] = folder / "image.json"
+    paths["image"].write_text(
+        subprocess.run(
+            [VERINFER, "image", "measure", "--json"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     return paths
 
 
+@pytest.fixture(scope="module")
+def evidence(server: str, server_pki: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return collect_evidence(server, server_pki, tmp_path_factory.mktemp("evidence"))
+
+
+def pin_argv(evidence: dict[str, Path]) -> list[str]:
+    """--pcr 0=... --pcr 1=... --pcr 2=...: the simulator server's image, measured from this tree."""
+    pcrs = json.loads(evidence["image"].read_text())["pcrs"]
+    return [arg for index in ("0", "1", "2") for arg in ("--pcr", f"{index}={pcrs[index]}")]
+
+
 def verify_argv(
-    evidence: dict[str, Path], response: Path | None = None, *, as_json: bool = True
+    evidence: dict[str, Path], response: Path | None = None, *, as_json: bool = True, pin: bool = True
 ) -> list[str]:
-    """`verinfer verify` with every piece of evidence: the response, request, attestation and manifest."""
+    """`verinfer verify` with every piece of evidence: the response, request, attestation and manifest,
+    the simulator's root and (with `pin`) the image's PCR0-2."""
     argv = ["verify", str(response or evidence["response"])]
     for option in ("attestation", "request", "manifest", "root"):
         argv += [f"--{option}", str(evidence[option])]
+    if pin:
+        argv += pin_argv(evidence)
     return [*argv, "--json"] if as_json else argv
 
 
@@ -61,8 +83,19 @@ def tampered(evidence: dict[str, Path], tmp_path: Path, mutate) -> Path:
 
 def test_untouched_evidence_verifies(capsys, evidence) -> None:
     code, report = run_verify(capsys, evidence)
-    assert code == 0 and report["verified"] and report["simulated"]
+    assert code == 0 and report["verified"] and report["simulated"] and report["pinned"]
+    assert report["verdict"] == "VERIFIED"
     assert set(statuses(report).values()) == {"pass"}
+    assert list(statuses(report)) == [
+        "receipt",
+        "attestation",
+        "enclave_key",
+        "signature",
+        "output_hash",
+        "input_hash",
+        "model",
+    ]
+    assert report["image_id"] == json.loads(evidence["image"].read_text())["imageId"]
 
 
 def test_human_output(capsys, evidence) -> None:
@@ -99,7 +132,7 @@ def test_tampered_model_hash(capsys, evidence, tmp_path) -> None:
         r["receipt"]["modelHash"] = "0x" + "11" * 32
 
     code, report = run_verify(capsys, evidence, tampered(evidence, tmp_path, mutate))
-    assert code == 1 and statuses(report)["signature"] == "fail" and statuses(report)["manifest"] == "fail"
+    assert code == 1 and statuses(report)["signature"] == "fail" and statuses(report)["model"] == "fail"
 
 
 def test_tampered_timestamp(capsys, evidence, tmp_path) -> None:
@@ -129,7 +162,14 @@ def test_receipt_from_another_enclave(capsys, evidence, tmp_path) -> None:
 
 def test_attestation_against_the_aws_root(capsys, evidence) -> None:
     code = main(
-        ["verify", str(evidence["response"]), "--attestation", str(evidence["attestation"]), "--json"]
+        [
+            "verify",
+            str(evidence["response"]),
+            "--attestation",
+            str(evidence["attestation"]),
+            *pin_argv(evidence),
+            "--json",
+        ]
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and statuses(report)["attestation"] == "fail"
@@ -147,7 +187,8 @@ def test_manifest_that_was_not_attested(capsys, evidence, tmp_path) -> None:
     other = tmp_path / "manifest.json"
     other.write_text(json.dumps(manifest))
     code, report = run_verify(capsys, {**evidence, "manifest": other})
-    assert code == 1 and statuses(report)["manifest"] == "fail"
+    assert code == 1 and statuses(report)["model"] == "fail"
+    assert "not the attested user_data" in {c["name"]: c["detail"] for c in report["checks"]}["model"]
 
 
 def test_missing_request_is_reported_as_skipped(capsys, evidence) -> None:
@@ -159,12 +200,13 @@ def test_missing_request_is_reported_as_skipped(capsys, evidence) -> None:
             str(evidence["attestation"]),
             "--root",
             str(evidence["root"]),
+            *pin_argv(evidence),
             "--json",
         ]
     )
     report = json.loads(capsys.readouterr().out)
-    assert code == 0
-    assert statuses(report)["input_hash"] == "skipped" and statuses(report)["manifest"] == "skipped"
+    assert code == 0 and report["verdict"] == "VERIFIED"
+    assert statuses(report)["input_hash"] == "skipped" and statuses(report)["model"] == "skipped"
 
 
 def test_usage_errors(capsys, evidence, tmp_path) -> None:

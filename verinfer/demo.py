@@ -121,8 +121,10 @@ def demo_requests() -> dict[str, dict[str, object]]:
     }
 
 
-def verify_command(response: Path, request: Path, pki: Path) -> list[str]:
-    """`verinfer verify` with the evidence the demo saved: response, request, attestation, manifest, root."""
+def verify_command(response: Path, request: Path, pki: Path, nonce: str) -> list[str]:
+    """`verinfer verify` with the evidence the demo saved: response, request, attestation, manifest, root,
+    pinned to the image the simulator attests (its image id, as the contract approves it) and to the
+    auditor's nonce."""
     return [
         "verify",
         str(response),
@@ -134,6 +136,12 @@ def verify_command(response: Path, request: Path, pki: Path) -> list[str]:
         str(WORK / "manifest.json"),
         "--root",
         str(pki / "root.pem"),
+        "--image-id",
+        "0x" + image_id(measure_image(REPO / "models").pcrs).hex(),
+        "--nonce",
+        nonce,
+        "--max-age",
+        "600",
     ]
 
 
@@ -167,15 +175,16 @@ def inference_steps(url: str, pki: Path) -> None:
         print(f"nonce {nonce}; simulated={attestation['simulated']}; enclave {attestation['enclave']}")
         print(f"attested PCR0 {attestation['summary']['pcrs']['0']}")
 
-    step("10. Verify every receipt offline (chain, PCRs, key binding, signature, hashes, manifest)")
+    step("10. Verify every receipt offline (chain, pinned image, nonce, key, signature, hashes, model)")
     for name in demo_requests():
-        run(*verify_command(WORK / f"response-{name}.json", WORK / f"request-{name}.json", pki))
+        run(*verify_command(WORK / f"response-{name}.json", WORK / f"request-{name}.json", pki, nonce))
 
     step("11. A tampered answer is caught: change the predicted class and verify again")
     forged = json.loads((WORK / "response-iris-mlp.json").read_text())
     forged["outputs"][1]["data"] = [0]
     (WORK / "forged-iris-mlp.json").write_text(json.dumps(forged))
-    run(*verify_command(WORK / "forged-iris-mlp.json", WORK / "request-iris-mlp.json", pki), expect=1)
+    forged_command = verify_command(WORK / "forged-iris-mlp.json", WORK / "request-iris-mlp.json", pki, nonce)
+    run(*forged_command, expect=1)
 
 
 def chain_steps(url: str, pki: Path) -> None:

@@ -7,32 +7,79 @@ import json
 from pathlib import Path
 from typing import Any
 
-from attestation.cli import EXIT_OK, EXIT_REJECTED, UsageError, pcr_args, verification_time
-from attestation.roots import resolve_root
-from attestation.verify import Policy
+from attestation.cli import (
+    DOCUMENT_FORMS,
+    EXIT_OK,
+    EXIT_REJECTED,
+    UsageError,
+    add_policy_options,
+    pcr_args,
+    policy_from_args,
+    verification_time,
+)
+
+DESCRIPTION = """\
+Verify an inference offline: the attestation chains to the pinned root and matches the pinned image, it
+binds the key that signed the receipt, the signature recovers, outputHash and inputHash recompute, the
+answer is from the model the request names ("model", or --model NAME for a V2 request) and the receipt's
+modelHash is that model's sha256 in the attested manifest, and the receipt's requestId is the request's
+request_id ("request_id", V2 "parameters.request_id") when the request sets one. Without --manifest, a
+request whose tensors state name, datatype and shape is still hashed; other inputs are reported skipped.
+
+The verdict is VERIFIED only when no check fails AND the image is pinned, by PCR0, PCR1 and PCR2 together
+(--pcr), by --image-id, or by a --policy file. Without a pin it is UNPINNED (exit 1); --allow-any-image
+accepts any image and says so ("VERIFIED (ANY IMAGE: not pinned)", "pinned": false in --json).
+
+Exit codes: 0 VERIFIED, 1 REJECTED or UNPINNED, 2 usage or I/O error.
+
+Policy file (--policy FILE), JSON, every key optional, unknown keys rejected:
+  {
+    "root": "aws",                        or a PEM path, relative to the policy file
+    "pcrs": {"0": "HEX", "1": "HEX", "2": "HEX"},
+    "image_ids": ["0xHEX"],               keccak256(PCR0 || PCR1 || PCR2); any of them is accepted
+    "allow_debug": false,
+    "max_age_s": 600                      maximum attestation age, seconds
+  }
+Options given on the command line win: --root and --max-age replace the file's, --pcr N replaces the file's
+PCR N, --image-id (if any) replaces the file's image_ids, --allow-debug turns debug mode on.
+"""
 
 
 def _read_json(path: str, what: str) -> Any:
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {what} {path}: {exc}") from exc
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from protocol.manifest import ManifestError
 
-    from .verify import load_attestation, manifest_from_json, verify_inference
+    from .verify import (
+        PolicyFile,
+        load_attestation,
+        load_policy,
+        manifest_from_json,
+        parse_image_id,
+        verify_inference,
+    )
 
     response = _read_json(args.response, "response")
     request = _read_json(args.request, "request") if args.request else None
     try:
         attestation = load_attestation(Path(args.attestation).read_bytes())
         manifest = manifest_from_json(_read_json(args.manifest, "manifest")) if args.manifest else None
-        root = resolve_root(args.root)
+        pinned = load_policy(args.policy) if args.policy else PolicyFile()
+        flag_images = [parse_image_id(value) for value in args.image_id]
     except (OSError, ValueError, ManifestError) as exc:
         raise UsageError(str(exc)) from exc
-    policy = Policy(root=root, expected_pcrs=pcr_args(args.pcr), allow_debug=args.allow_debug)
+    args.root = args.root or pinned.root
+    policy = policy_from_args(
+        args,
+        expected_pcrs={**pinned.pcrs, **pcr_args(args.pcr)},
+        allow_debug=args.allow_debug or pinned.allow_debug,
+        max_age_s=args.max_age if args.max_age is not None else pinned.max_age_s,
+    )
     report = verify_inference(
         response,
         attestation,
@@ -40,32 +87,56 @@ def cmd_verify(args: argparse.Namespace) -> int:
         at=verification_time(args, attestation),
         request=request,
         manifest=manifest,
+        model=args.model,
+        image_ids=flag_images or pinned.image_ids,
+        allow_any_image=args.allow_any_image,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         for check in report.checks:
             print(f"[{check.status.upper():>7}] {check.name:<12} {check.detail}")
-        verdict = "VERIFIED" if report.ok else "REJECTED"
-        print(verdict + (" [SIMULATED attestation: not hardware]" if report.simulated else ""))
-    return EXIT_OK if report.ok else EXIT_REJECTED
+        print(report.verdict_line)
+    return EXIT_OK if report.verified else EXIT_REJECTED
 
 
 def register(subparsers: Any) -> None:
-    check = subparsers.add_parser("verify", help="verify an inference receipt offline against an attestation")
+    check = subparsers.add_parser(
+        "verify",
+        help="verify an inference receipt offline against an attestation and a pinned image",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check.add_argument(
         "response", help="JSON response of /infer or /v2/models/NAME/infer (or a bare receipt)"
     )
+    check.add_argument("--attestation", required=True, metavar="FILE", help=f"the document: {DOCUMENT_FORMS}")
     check.add_argument(
-        "--attestation", required=True, help="/attestation JSON, or the raw/hex/base64 document"
+        "--request",
+        metavar="FILE",
+        help="the request JSON that produced the response: checks inputHash, the model and request_id",
     )
-    check.add_argument("--request", help="the request JSON that produced the response (checks inputHash)")
-    check.add_argument("--manifest", help="model manifest JSON (GET /models or models/manifest.json)")
-    check.add_argument("--root", default="aws", help="'aws' or a PEM path (the simulator's root.pem)")
-    check.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="expected PCR value")
-    check.add_argument("--allow-debug", action="store_true")
-    when = check.add_mutually_exclusive_group()
-    when.add_argument("--at", help="verification time for the attestation, ISO 8601 (default now)")
-    when.add_argument("--at-document-time", action="store_true")
-    check.add_argument("--json", action="store_true")
+    check.add_argument(
+        "--manifest", metavar="FILE", help="model manifest JSON (GET /models or models/manifest.json)"
+    )
+    check.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the model the request was sent to, when the request does not say (V2: the NAME in the URL)",
+    )
+    pins = check.add_argument_group("image pin (one is required for VERIFIED)")
+    pins.add_argument(
+        "--image-id",
+        action="append",
+        default=[],
+        metavar="0xHEX",
+        help="accepted image, keccak256(PCR0 || PCR1 || PCR2) as the contract approves it (repeatable: any)",
+    )
+    pins.add_argument("--policy", metavar="FILE", help="JSON policy file (format above)")
+    pins.add_argument(
+        "--allow-any-image",
+        action="store_true",
+        help="accept an unpinned image: the verdict says VERIFIED (ANY IMAGE: not pinned)",
+    )
+    add_policy_options(check)
     check.set_defaults(handler=cmd_verify)
