@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from attestation.cli import EXIT_OK, EXIT_REJECTED, UsageError, pcr_args
 from attestation.roots import resolve_root
 from attestation.verify import Policy
+
+if TYPE_CHECKING:
+    from .registration import Registration
 
 
 def _account(args: argparse.Namespace, env: str | None = None) -> Any:
@@ -95,30 +99,56 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_register(args: argparse.Namespace) -> int:
-    import httpx
+VERIFIER_DEADLINE_S = 30.0
+VERIFIER_MAX_BYTES = 1 << 20
 
+
+def _from_verifier_service(args: argparse.Namespace, chain_id: int, contract: str) -> Registration | str:
+    """The registration a verifier service signs, or the rejection to print (a str).
+
+    By default this command fetches the attestation itself, for a nonce the service issued
+    (POST /challenges), and posts the document; with --verifier-fetches the service fetches it (only
+    from the enclave URLs it allows)."""
+    import base64
+
+    from .http_client import Limits, OutboundError, request
+    from .registration import Registration, RegistrationError, fetch_attestation
+
+    base = args.verifier_url.rstrip("/")
+    limits = Limits(deadline_s=VERIFIER_DEADLINE_S, max_bytes=VERIFIER_MAX_BYTES)
+    body: dict[str, Any] = {"chainId": chain_id, "contract": contract}
+    try:
+        if args.verifier_fetches:
+            body["enclave"] = args.enclave
+        else:
+            challenge = request("POST", f"{base}/challenges", limits=limits)
+            if not challenge.ok:
+                return f"REJECTED by the verifier: {challenge.text}"
+            nonce = bytes.fromhex(challenge.json()["nonce"])
+            try:
+                document = fetch_attestation(args.enclave, nonce)
+            except RegistrationError as exc:
+                return f"REJECTED: attestation_rejected: {exc}"
+            body |= {"attestation": base64.b64encode(document).decode(), "nonce": nonce.hex()}
+        response = request("POST", f"{base}/registrations", json=body, limits=limits)
+        if response.status != 200:
+            return f"REJECTED by the verifier: {response.text}"
+        return Registration.from_json(response.json())
+    except (OutboundError, KeyError, TypeError, ValueError) as exc:
+        return f"REJECTED: no registration from the verifier at {base}: {exc}"
+
+
+def cmd_register(args: argparse.Namespace) -> int:
     from .chain import ChainError, TxSender, bind, connect
-    from .registration import (
-        Registration,
-        RegistrationError,
-        attest_enclave,
-        sign_registration,
-        submit_registration,
-    )
+    from .registration import RegistrationError, attest_enclave, sign_registration, submit_registration
 
     w3 = connect(args.rpc)
     contract = bind(w3, "InferenceVerifier", args.contract)
     if args.verifier_url:
-        response = httpx.post(
-            f"{args.verifier_url}/registrations",
-            timeout=30,
-            json={"enclave": args.enclave, "chainId": w3.eth.chain_id, "contract": contract.address},
-        )
-        if response.status_code != 200:
-            print(f"REJECTED by the verifier: {response.text}")
+        registration = _from_verifier_service(args, w3.eth.chain_id, contract.address)
+        if isinstance(registration, str):
+            print(registration)
             return EXIT_REJECTED
-        registration = Registration.from_json(response.json())
     else:
         if not args.verifier_key_env:
             raise UsageError("give --verifier-url or --verifier-key-env")
@@ -142,12 +172,31 @@ def cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch_token(args: argparse.Namespace) -> str | None:
+    """The relay's /receipts/batch bearer token, from the environment variable --batch-token-env names
+    (never from the command line, never logged)."""
+    import os
+
+    if args.batch_token_env is None:
+        return None
+    token = os.environ.get(args.batch_token_env, "").strip()
+    if not token:
+        raise UsageError(
+            f"--batch-token-env: the environment variable {args.batch_token_env} is unset or empty"
+        )
+    return token
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .chain import TxSender, bind, connect
     from .runner import Relay
     from .state import RelayState
 
+    batch_token = _batch_token(args)
+    if args.http_deadline <= 0 or args.http_max_bytes <= 0:
+        raise UsageError("--http-deadline and --http-max-bytes must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise; failures are logged
     w3 = connect(args.rpc)
     account = _account(args)
     cap = int(args.gas_price_cap_gwei * 10**9) if args.gas_price_cap_gwei is not None else None
@@ -159,11 +208,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         RelayState(args.db),
         confirmations=args.confirmations,
         start_block=args.start_block,
+        http_timeout=args.http_deadline,
+        http_max_bytes=args.http_max_bytes,
         anchor_min=args.anchor_min,
         anchor_max=args.anchor_max,
+        batch_token=batch_token,
     )
     logging.getLogger("verinfer.relay").info(
-        "relay %s watching %s on %s", account.address, args.contract, args.rpc
+        "relay %s watching %s on %s%s",
+        account.address,
+        args.contract,
+        args.rpc,
+        f" (batch token from ${args.batch_token_env})" if batch_token else "",
     )
     relay.run(poll_interval=args.poll)
     return EXIT_OK
@@ -172,13 +228,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_verifier(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from protocol.edge import AccessLog
+
     from .verifier_service import create_verifier_app
 
+    if args.max_body < 1 or args.challenge_ttl <= 0 or args.max_challenges < 1 or args.fetch_deadline <= 0:
+        raise UsageError(
+            "--max-body, --challenge-ttl, --max-challenges and --fetch-deadline must be positive"
+        )
     account = _account(args)
-    app = create_verifier_app(account, _policy(args))
+    try:
+        app = create_verifier_app(
+            account,
+            _policy(args),
+            enclave_allow=args.enclave_allow,
+            max_body=args.max_body,
+            challenge_ttl_s=args.challenge_ttl,
+            max_challenges=args.max_challenges,
+            fetch_deadline_s=args.fetch_deadline,
+            access_log=AccessLog(sys.stderr),
+        )
+    except ValueError as exc:
+        raise UsageError(f"--enclave-allow: {exc}") from exc
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("verinfer.verifier").info(
-        "attestation verifier %s on %s:%d", account.address, args.host, args.port
+        "attestation verifier %s on %s:%d (fetches from: %s)",
+        account.address,
+        args.host,
+        args.port,
+        ", ".join(args.enclave_allow) or "no enclave; callers post documents",
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
@@ -236,6 +314,12 @@ def register(subparsers: Any) -> None:
     reg.add_argument("--rpc", required=True)
     reg.add_argument("--contract", required=True)
     reg.add_argument("--verifier-url", help="an attestation verifier service (verinfer relay verifier)")
+    reg.add_argument(
+        "--verifier-fetches",
+        action="store_true",
+        help="let the verifier service fetch the attestation (it must list the enclave in --enclave-allow); "
+        "by default this command fetches it for a nonce from the service and posts the document",
+    )
     reg.add_argument("--verifier-key-env", help="or: verify here and sign with the key in this env variable")
     _policy_options(reg)
     _key_options(reg, "transaction sender")
@@ -254,12 +338,50 @@ def register(subparsers: Any) -> None:
         "--anchor-min", type=int, default=0, help="anchor receipt batches of at least N (0: off)"
     )
     run.add_argument("--anchor-max", type=int, default=512)
+    run.add_argument(
+        "--batch-token-env",
+        metavar="NAME",
+        help="env variable holding the bearer token for the enclaves' /receipts/batch "
+        "(the one whose sha256 they were started with, --batch-token-sha256)",
+    )
+    run.add_argument(
+        "--http-deadline",
+        type=float,
+        default=10.0,
+        help="total seconds for each call to an enclave (connect, send, whole answer)",
+    )
+    run.add_argument(
+        "--http-max-bytes", type=int, default=16 * 1024 * 1024, help="largest enclave answer read, bytes"
+    )
     _key_options(run, "relay")
     run.set_defaults(handler=cmd_run)
 
     verifier = commands.add_parser("verifier", help="run the attestation verifier service")
     verifier.add_argument("--host", default="127.0.0.1")
     verifier.add_argument("--port", type=int, default=8100)
+    verifier.add_argument(
+        "--enclave-allow",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an enclave base URL the service may fetch attestations from (repeatable); "
+        "without any, callers post documents for a POST /challenges nonce",
+    )
+    verifier.add_argument(
+        "--max-body", type=int, default=64 * 1024, help="largest request body, bytes (413 beyond)"
+    )
+    verifier.add_argument(
+        "--challenge-ttl", type=float, default=60.0, help="seconds a POST /challenges nonce stays valid"
+    )
+    verifier.add_argument(
+        "--max-challenges", type=int, default=10_000, help="most challenge nonces outstanding at once"
+    )
+    verifier.add_argument(
+        "--fetch-deadline",
+        type=float,
+        default=10.0,
+        help="total seconds to fetch an attestation from an allowed enclave",
+    )
     _policy_options(verifier)
     _key_options(verifier, "verifier")
     verifier.set_defaults(handler=cmd_verifier)

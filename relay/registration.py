@@ -1,7 +1,8 @@
 """Enclave registration: verify an enclave's attestation off-chain, sign an EIP-712 registration on-chain.
 
-The verifier fetches `/attestation` with a fresh random nonce (so the document cannot be replayed), checks it
-with the `attestation` package (pinned root, expected PCRs, freshness, debug mode), and signs
+The verifier fetches `/attestation` with a fresh random nonce (so the document cannot be replayed), or is
+handed a document made for a nonce it issued (verifier_service.py), checks it with the `attestation`
+package (pinned root, expected PCRs, freshness, debug mode), and signs
 EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash)
 in the registry's domain (name "verinfer-registry", version "1", chainId, verifyingContract).
 """
@@ -13,7 +14,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from eth_account.signers.local import LocalAccount
 from eth_typing import Hash32
 from web3 import Web3
@@ -24,6 +24,7 @@ from protocol.hashing import keccak256 as keccak
 from protocol.images import image_id
 
 from .chain import TxSender
+from .http_client import HttpResponse, Limits, OutboundError, request, request_async
 
 REGISTRATION_TYPEHASH = keccak(
     b"EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash)"
@@ -87,15 +88,63 @@ def registration_digest(
     return keccak(b"\x19\x01" + domain + struct)
 
 
-def attest_enclave(enclave_url: str, policy: Policy, *, timeout: float = 10.0) -> VerifiedAttestation:
-    """Fetch a fresh document with our own nonce and verify it; the nonce makes replays useless."""
-    nonce = os.urandom(32)
+ATTESTATION_MAX_BYTES = 256 * 1024  # a GET /attestation answer is a few KiB
+NONCE_BYTES = 32
+
+
+def attestation_limits(deadline_s: float) -> Limits:
+    return Limits(deadline_s=deadline_s, max_bytes=ATTESTATION_MAX_BYTES)
+
+
+def document_from(value: Any, source: str) -> bytes:
+    """The COSE_Sign1 bytes from a GET /attestation answer, or from the base64 `document` field alone."""
+    if isinstance(value, dict):
+        value = value.get("document")
+    if not isinstance(value, str):
+        raise RegistrationError(f"{source}: no base64 attestation document")
     try:
-        response = httpx.get(f"{enclave_url}/attestation", params={"nonce": nonce.hex()}, timeout=timeout)
-        response.raise_for_status()
-        document = base64.b64decode(response.json()["document"])
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        return base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise RegistrationError(f"{source}: the attestation document is not base64: {exc}") from exc
+
+
+def _document(response: HttpResponse, enclave_url: str) -> bytes:
+    try:
+        return document_from(response.raise_for_status().json(), f"the attestation of {enclave_url}")
+    except OutboundError as exc:
         raise RegistrationError(f"cannot fetch an attestation from {enclave_url}: {exc}") from exc
+
+
+def fetch_attestation(enclave_url: str, nonce: bytes, *, timeout: float = 10.0) -> bytes:
+    """The enclave's document for `nonce` (GET {enclave_url}/attestation?nonce=hex), within bounds."""
+    try:
+        response = request(
+            "GET",
+            f"{enclave_url.rstrip('/')}/attestation",
+            params={"nonce": nonce.hex()},
+            limits=attestation_limits(timeout),
+        )
+    except OutboundError as exc:
+        raise RegistrationError(f"cannot fetch an attestation from {enclave_url}: {exc}") from exc
+    return _document(response, enclave_url)
+
+
+async def fetch_attestation_async(enclave_url: str, nonce: bytes, *, timeout: float = 10.0) -> bytes:
+    """fetch_attestation for an event loop (the verifier service)."""
+    try:
+        response = await request_async(
+            "GET",
+            f"{enclave_url.rstrip('/')}/attestation",
+            params={"nonce": nonce.hex()},
+            limits=attestation_limits(timeout),
+        )
+    except OutboundError as exc:
+        raise RegistrationError(f"cannot fetch an attestation from {enclave_url}: {exc}") from exc
+    return _document(response, enclave_url)
+
+
+def check_attestation(document: bytes, policy: Policy, nonce: bytes, source: str) -> VerifiedAttestation:
+    """Verify a document that must carry `nonce` (ours, so it cannot be a replay) and bind an enclave key."""
     checked = Policy(
         root=policy.root,
         expected_pcrs=policy.expected_pcrs,
@@ -106,10 +155,19 @@ def attest_enclave(enclave_url: str, policy: Policy, *, timeout: float = 10.0) -
     try:
         result = verify(document, checked)
     except AttestationError as exc:
-        raise RegistrationError(f"attestation of {enclave_url} rejected: {exc.code}: {exc.detail}") from exc
+        raise RegistrationError(f"attestation of {source} rejected: {exc.code}: {exc.detail}") from exc
     if result.public_key is None or len(result.public_key) != 64:
         raise RegistrationError("the attestation does not bind a 64-byte enclave public key")
     return result
+
+
+def attest_enclave(enclave_url: str, policy: Policy, *, timeout: float = 10.0) -> VerifiedAttestation:
+    """Fetch a fresh document with our own nonce and verify it; the nonce makes replays useless.
+    `timeout` is the total deadline of the fetch."""
+    nonce = os.urandom(NONCE_BYTES)
+    return check_attestation(
+        fetch_attestation(enclave_url, nonce, timeout=timeout), policy, nonce, enclave_url
+    )
 
 
 def sign_registration(

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import numpy as np
 from web3 import Web3
 from web3.contract import Contract
@@ -29,6 +28,7 @@ from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
 from protocol.tensors import BY_V2, decode_tensors, encode_tensors
 
 from .chain import ChainError, GasPriceTooHigh, SignedTx, TxSender
+from .http_client import Limits, OutboundError, request
 from .state import DROPPED, EXPIRED, FAILED, FULFILLED, SETTLED, RelayState, RequestRow
 
 log = logging.getLogger("verinfer.relay")
@@ -47,17 +47,27 @@ class PermanentFailure(Exception):
     """The request can never be served (for example its input does not encode the model's inputs)."""
 
 
+DEFAULT_HTTP_MAX_BYTES = 16 * 1024 * 1024  # a /receipts/batch answer of 4096 receipts is about 2.5 MiB
+
+
 @dataclass
 class EnclaveClient:
+    """One enclave's HTTP API. Every call is bounded by relay.http_client (total deadline, size cap)."""
+
     url: str
+    batch_token: str | None = field(default=None, repr=False)
     models: dict[str, str] = field(default_factory=dict)  # model hash (0x hex) -> name
     down_until: float = 0.0
+    max_bytes: int = DEFAULT_HTTP_MAX_BYTES
+
+    def _limits(self, deadline_s: float) -> Limits:
+        return Limits(deadline_s=deadline_s, max_bytes=self.max_bytes)
 
     def model_name(self, model_hash: str, timeout: float) -> str | None:
+        """`timeout` (here and below) is the total deadline of the call, seconds."""
         if not self.models:
-            response = httpx.get(f"{self.url}/models", timeout=timeout)
-            response.raise_for_status()
-            self.models = {m["modelHash"]: m["name"] for m in response.json()["models"]}
+            response = request("GET", f"{self.url}/models", limits=self._limits(timeout))
+            self.models = {m["modelHash"]: m["name"] for m in response.raise_for_status().json()["models"]}
         return self.models.get(model_hash)
 
     def infer(self, model: str, request_id: str, data: bytes, timeout: float) -> dict[str, Any]:
@@ -70,12 +80,24 @@ class EnclaveClient:
             "request_id": request_id,
             "inputs": [{"name": n, "shape": list(a.shape), "data": a.ravel().tolist()} for n, a in tensors],
         }
-        response = httpx.post(f"{self.url}/infer", json=body, timeout=timeout)
-        if 400 <= response.status_code < 500:
+        response = request("POST", f"{self.url}/infer", json=body, limits=self._limits(timeout))
+        if 400 <= response.status < 500:
             raise PermanentFailure(f"enclave refused the input: {response.text[:200]}")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
+        result: dict[str, Any] = response.raise_for_status().json()
         return result
+
+    def receipt_batch(self, start: int, limit: int, timeout: float) -> dict[str, Any]:
+        """POST /receipts/batch, with the relay's bearer token when it has one."""
+        headers = {"Authorization": f"Bearer {self.batch_token}"} if self.batch_token else None
+        response = request(
+            "POST",
+            f"{self.url}/receipts/batch",
+            json={"from": start, "max": limit},
+            headers=headers,
+            limits=self._limits(timeout),
+        )
+        batch: dict[str, Any] = response.raise_for_status().json()
+        return batch
 
 
 def output_encoding(outputs: list[dict[str, Any]]) -> bytes:
@@ -99,13 +121,21 @@ class Relay:
         confirmations: int = 2,
         start_block: int = 0,
         http_timeout: float = 10.0,
+        http_max_bytes: int = DEFAULT_HTTP_MAX_BYTES,
         anchor_min: int = 0,
         anchor_max: int = 512,
+        batch_token: str | None = None,
     ) -> None:
+        """`http_timeout` is the total deadline of each call to an enclave and `http_max_bytes` the largest
+        answer read; `batch_token` is sent as `Authorization: Bearer` on /receipts/batch (enclaves started
+        with --batch-token-sha256 serve batches only to its holder)."""
         self.w3 = w3
         self.contract = contract
         self.sender = sender
-        self.enclaves = [EnclaveClient(url.rstrip("/")) for url in enclaves]
+        self.enclaves = [
+            EnclaveClient(url.rstrip("/"), batch_token=batch_token, max_bytes=http_max_bytes)
+            for url in enclaves
+        ]
         self.state = state
         self.confirmations = confirmations
         self.start_block = start_block
@@ -114,6 +144,7 @@ class Relay:
         self.anchor_max = anchor_max
         self._next_enclave = 0
         self._registered: dict[str, float] = {}
+        self._batch_problems: dict[str, str] = {}  # enclave URL -> the kind of problem last logged
 
     # --- scanning -----------------------------------------------------------------------------------------
 
@@ -237,7 +268,7 @@ class Relay:
         for enclave in self._enclaves_in_turn():
             try:
                 signed, output = self._infer(enclave, row)
-            except (httpx.HTTPError, KeyError, ValueError, ReceiptError, EnclaveUnavailable) as exc:
+            except (OutboundError, KeyError, TypeError, ValueError, ReceiptError, EnclaveUnavailable) as exc:
                 enclave.down_until = time.monotonic() + 1.0
                 enclave.models.clear()
                 problems.append(f"{enclave.url}: {exc}")
@@ -269,7 +300,7 @@ class Relay:
             raise EnclaveUnavailable(f"does not serve model {row.model_hash}")
         try:
             body = enclave.infer(model, row.id, row.input, self.http_timeout)
-        except httpx.HTTPError as exc:
+        except OutboundError as exc:
             raise EnclaveUnavailable(str(exc)) from exc
         signed = SignedReceipt.from_json(body["receipt"])
         output = output_encoding(body["outputs"])
@@ -291,19 +322,16 @@ class Relay:
             cursor_key = f"batch_cursor:{enclave.url}"
             cursor = int(self.state.get_meta(cursor_key, "0") or 0)
             try:
-                response = httpx.post(
-                    f"{enclave.url}/receipts/batch",
-                    json={"from": cursor, "max": self.anchor_max},
-                    timeout=self.http_timeout,
-                )
-                response.raise_for_status()
-            except httpx.HTTPError:
+                batch = enclave.receipt_batch(cursor, self.anchor_max, self.http_timeout)
+                if batch["count"] < self.anchor_min:
+                    self._batch_problems.pop(enclave.url, None)
+                    continue
+                receipts = [SignedReceipt.from_json(r) for r in batch["receipts"]]
+                root = bytes.fromhex(batch["root"][2:])
+            except (OutboundError, KeyError, TypeError, ValueError, ReceiptError) as exc:
+                self._batch_problem(enclave, exc)
                 continue
-            batch = response.json()
-            if batch["count"] < self.anchor_min:
-                continue
-            receipts = [SignedReceipt.from_json(r) for r in batch["receipts"]]
-            root = bytes.fromhex(batch["root"][2:])
+            self._batch_problems.pop(enclave.url, None)
             if merkle.root([r.receipt.digest() for r in receipts]) != root:
                 log.warning("enclave %s sent a batch whose root does not match its receipts", enclave.url)
                 continue
@@ -338,6 +366,19 @@ class Relay:
                 "anchoring %d receipts from %s under root %s", batch["count"], enclave.url, batch["root"]
             )
 
+    def _batch_problem(self, enclave: EnclaveClient, exc: Exception) -> None:
+        """Log why batches cannot be had from `enclave` once per change (the loop polls every second)."""
+        refused = isinstance(exc, OutboundError) and exc.status in (401, 403)
+        problem = (
+            f"enclave {enclave.url} refuses receipt batches ({exc}): check --batch-token-env"
+            if refused
+            else f"no receipt batch from {enclave.url}: {exc}"
+        )
+        kind = f"{type(exc).__name__}:{getattr(exc, 'kind', '')}:{getattr(exc, 'status', '')}"
+        if self._batch_problems.get(enclave.url) != kind:
+            self._batch_problems[enclave.url] = kind
+            log.warning("%s", problem)
+
     # --- the loop -----------------------------------------------------------------------------------------
 
     def step(self) -> None:
@@ -354,7 +395,7 @@ class Relay:
                 self.step()
                 failures = 0
                 time.sleep(poll_interval)
-            except (Web3Exception, httpx.HTTPError, ConnectionError, OSError, ValueError) as exc:
+            except (Web3Exception, OutboundError, ConnectionError, OSError, ValueError) as exc:
                 failures += 1
                 delay = min(30.0, poll_interval * 2 ** min(failures, 5))
                 log.warning(

@@ -28,6 +28,7 @@ from relay.state import RelayState
 from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, running_server, stop
 
 from .chain_fixtures import Chain
+from .conftest import BATCH_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST = np.load(REPO / "models" / "data" / "mnist-eval.npz")
@@ -75,11 +76,14 @@ def miner(chain: Chain) -> Iterator[Miner]:
     m.stop()
 
 
+ANCHORING = ("--anchor-min", "1", "--anchor-max", "4096", "--batch-token-env", "RELAY_BATCH_TOKEN")
+
+
 @contextmanager
 def relay_process(
     chain: Chain, enclaves: list[str], db: Path, *, key: int = 2, extra: tuple[str, ...] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "VERINFER_KEY": ANVIL_KEYS[key]}
+    env = {**os.environ, "VERINFER_KEY": ANVIL_KEYS[key], "RELAY_BATCH_TOKEN": BATCH_TOKEN}
     log = db.with_suffix(f".{int(time.time() * 1000)}.log").open("wb")
     process = subprocess.Popen(
         [
@@ -415,7 +419,7 @@ def test_relay_anchors_receipt_batches(chain: Chain, server: str, tmp_path: Path
         httpx.post(f"{server}/infer", json={"model": "iris-ols", "inputs": [[5.1, 3.5, 1.4]]})
     start = chain.w3.eth.block_number
     db = tmp_path / "relay.sqlite3"
-    with relay_process(chain, [server], db, extra=("--anchor-min", "1", "--anchor-max", "4096")):
+    with relay_process(chain, [server], db, extra=ANCHORING):
         wait_for(
             lambda: bool(chain.contract.events.BatchAnchored().get_logs(from_block=start)), what="anchor"
         )

@@ -83,17 +83,18 @@ def test_relay_never_logs_its_key(chain: Chain, server: str, tmp_path: Path) -> 
 
 def test_verifier_service_signs_only_verified_enclaves(chain: Chain, server: str, server_pki: Path) -> None:
     policy = Policy(root=TrustedRoot.from_file(server_pki / "root.pem"))
-    client = TestClient(create_verifier_app(chain.verifier_key, policy))
+    allow = [server]  # this service fetches attestations only from allow-listed enclaves
+    client = TestClient(create_verifier_app(chain.verifier_key, policy, enclave_allow=allow))
     assert client.get("/").json()["verifier"] == chain.verifier_key.address
     body = {"enclave": server, "chainId": chain.w3.eth.chain_id, "contract": chain.contract.address}
     signed = client.post("/registrations", json=body).json()
     assert signed["enclave"] == chain.enclave
-    aws = TestClient(create_verifier_app(chain.verifier_key, Policy()))
+    aws = TestClient(create_verifier_app(chain.verifier_key, Policy(), enclave_allow=allow))
     refused = aws.post("/registrations", json=body)
     assert refused.status_code == 422 and "root_not_trusted" in refused.json()["message"]
     pcr_policy = Policy(root=policy.root, expected_pcrs={0: bytes(48)})
     assert (
-        TestClient(create_verifier_app(chain.verifier_key, pcr_policy))
+        TestClient(create_verifier_app(chain.verifier_key, pcr_policy, enclave_allow=allow))
         .post("/registrations", json=body)
         .status_code
         == 422
