@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import sqlite3
 import subprocess
@@ -30,9 +31,19 @@ from relay.chain import TxSender, connect, deploy
 from relay.deployment import configure, deploy_verifier
 
 from .cli import main as verinfer
-from .processes import ANVIL_KEYS, VERINFER, free_port, running_anvil, running_server, stop
+from .processes import (
+    ANVIL_KEYS,
+    VERINFER,
+    batch_token_args,
+    free_port,
+    running_anvil,
+    running_server,
+    stop,
+)
 
 REPO = Path(__file__).resolve().parent.parent
+# The relay's credential for POST /receipts/batch: fresh per demo run, only its sha256 reaches the enclave.
+BATCH_TOKEN = secrets.token_hex(32)
 WORK = REPO / ".demo"
 HARDWARE_SAMPLE = REPO / "tests/fixtures/attestation/valid/marlin_oyster__risczero_testcase_aws.bin"
 MEASURED = ["attestation", "enclave"]
@@ -268,7 +279,8 @@ def chain_steps(url: str, pki: Path) -> None:
             f"fee 0.001 ETH"
         )
         print(
-            f"$ verinfer relay run --enclave {url} --rpc {rpc} --contract {contract.address} --anchor-min 1"
+            f"$ RELAY_BATCH_TOKEN=... verinfer relay run --enclave {url} --rpc {rpc} "
+            f"--contract {contract.address} --anchor-min 1 --batch-token-env RELAY_BATCH_TOKEN"
         )
         stack.enter_context(
             background(
@@ -292,8 +304,10 @@ def chain_steps(url: str, pki: Path) -> None:
                     "1",
                     "--anchor-max",
                     "4096",
+                    "--batch-token-env",
+                    "RELAY_BATCH_TOKEN",
                 ],
-                env={"VERINFER_KEY": relay_key.key.hex()},
+                env={"VERINFER_KEY": relay_key.key.hex(), "RELAY_BATCH_TOKEN": BATCH_TOKEN},
                 log=WORK / "relay.log",
             )
         )
@@ -386,8 +400,12 @@ def main() -> None:
     pki = WORK / "sim-pki"
     attestation_steps(pki)
     step("7. Start the enclave server (simulated NSM): key generated in memory, attestation, models warmed")
-    print(f"$ verinfer serve --nsm sim --pki-dir {pki}   (log: {WORK / 'server.log'})")
-    with running_server("--nsm", "sim", "--pki-dir", str(pki), log=WORK / "server.log") as url:
+    print(
+        f"$ verinfer serve --nsm sim --pki-dir {pki} --batch-token-sha256 <sha256 of the relay's token>"
+        f"   (log: {WORK / 'server.log'})"
+    )
+    batch = batch_token_args(BATCH_TOKEN)
+    with running_server("--nsm", "sim", "--pki-dir", str(pki), *batch, log=WORK / "server.log") as url:
         print(f"ready at {url}")
         inference_steps(url, pki)
         chain_steps(url, pki)
