@@ -12,6 +12,10 @@ COSE_SIGN1_TAG = 18
 ALG_ES384 = -35
 ES384_PROTECTED = b"\xa1\x01\x38\x22"  # {1: -35}, the exact bytes Nitro emits
 SIGNATURE_LENGTH = 96
+# Hardware documents are 4.4 to 7.6 KiB (the largest carries 1024-byte public_key, user_data and nonce);
+# even 32 PCRs of 64 bytes and maximal optional fields stay under 10 KiB. Anything larger is refused
+# before it is parsed.
+MAX_DOCUMENT = 16 * 1024
 _SIG1_CONTEXT = b"\x6aSignature1"
 _EMPTY_AAD = b"\x40"
 
@@ -57,6 +61,8 @@ def encode_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
 
 def decode_sign1(data: bytes) -> CoseSign1:
     """Split a COSE_Sign1 and check its protected header says ES384; the payload stays raw bytes."""
+    if len(data) > MAX_DOCUMENT:
+        raise malformed("cose", f"document is {len(data)} bytes, at most {MAX_DOCUMENT} are accepted")
     try:
         top = cbor.loads(data)
     except cbor.CborError as exc:

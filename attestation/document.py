@@ -16,6 +16,10 @@ PCR_LENGTHS = frozenset((32, 48, 64))
 MAX_PCRS = 32
 MAX_OPTIONAL_FIELD = 1024
 MAX_MODULE_ID = 256
+MAX_CERTIFICATE = 8 * 1024
+# Nitro sends the root and three intermediates (regional, zonal, instance). A few more are allowed so that a
+# deeper hierarchy would still decode, but the bundle is bounded before any certificate is parsed.
+MAX_CABUNDLE = 8
 # The AWS Nitro root G1 became valid on 2019-10-28; a millisecond timestamp before it is a unit error.
 EARLIEST_TIMESTAMP_MS = 1_572_269_285_000
 FIELD_ORDER = (
@@ -78,7 +82,11 @@ class SignedDocument:
 
 
 def decode(data: bytes) -> SignedDocument:
-    """Decode COSE_Sign1 and its payload; raises AttestationError naming the first bad field."""
+    """Decode COSE_Sign1 and its payload; raises AttestationError naming the first bad field.
+
+    Bounded before any cryptography: the whole document at cose.MAX_DOCUMENT bytes (`malformed:cose`), the
+    cabundle at MAX_CABUNDLE certificates and each certificate at MAX_CERTIFICATE bytes.
+    """
     cose = decode_sign1(data)
     return SignedDocument(cose, parse_payload(cose.payload))
 
@@ -101,7 +109,7 @@ def parse_payload(payload: bytes) -> AttestationDocument:
         digest=_digest(fields["digest"]),
         timestamp_ms=_timestamp(fields["timestamp"]),
         pcrs=_pcrs(fields["pcrs"]),
-        certificate=_der("certificate", fields["certificate"]),
+        certificate=_der("certificate", fields["certificate"], "certificate"),
         cabundle=_cabundle(fields["cabundle"]),
         public_key=_optional("public_key", fields.get("public_key")),
         user_data=_optional("user_data", fields.get("user_data")),
@@ -138,16 +146,22 @@ def _pcrs(value: Any) -> dict[int, bytes]:
     return value
 
 
-def _der(field: str, value: Any) -> bytes:
-    if not isinstance(value, bytes) or not 0 < len(value) <= 1024 * 8:
-        raise malformed(field, "must be a DER certificate (non-empty byte string)")
+def _der(field: str, value: Any, where: str) -> bytes:
+    if not isinstance(value, bytes) or not 0 < len(value) <= MAX_CERTIFICATE:
+        raise malformed(
+            field, f"{where}: must be a DER certificate (byte string of 1 to {MAX_CERTIFICATE} bytes)"
+        )
     return value
 
 
 def _cabundle(value: Any) -> tuple[bytes, ...]:
     if not isinstance(value, list) or not value:
         raise malformed("cabundle", "must be a non-empty array of DER certificates, root first")
-    return tuple(_der("cabundle", item) for item in value)
+    if len(value) > MAX_CABUNDLE:
+        raise malformed(
+            "cabundle", f"has {len(value)} certificates, at most {MAX_CABUNDLE} (Nitro sends root + 3)"
+        )
+    return tuple(_der("cabundle", item, f"cabundle[{i}]") for i, item in enumerate(value))
 
 
 def _optional(field: str, value: Any) -> bytes | None:

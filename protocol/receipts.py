@@ -116,9 +116,10 @@ class SignedReceipt:
                 output_hash=_hex_field(data, "outputHash", 32),
                 timestamp_ms=_int_field(data, "timestampMs"),
             )
+            enclave, signature = _hex_field(data, "enclave", 20), _hex_field(data, "signature", 65)
         except KeyError as exc:
             raise ReceiptError(f"receipt field {exc} is missing") from exc
-        return cls(receipt, _hex_field(data, "enclave", 20), _hex_field(data, "signature", 65))
+        return cls(receipt, enclave, signature)
 
 
 def _hex_field(data: dict[str, Any], name: str, length: int) -> bytes:

@@ -10,6 +10,7 @@ data is little-endian, so a C-contiguous numpy array is hashed without conversio
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +18,15 @@ from functools import lru_cache
 
 import numpy as np
 
+from .errors import ProtocolError
+
 ENCODING_VERSION = 1
 MAX_TENSORS = 255
 MAX_RANK = 255
+
+
+class TensorEncodingError(ProtocolError):
+    """Bytes that are not exactly one canonical tensor encoding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,30 +89,38 @@ def encode_tensors(tensors: Sequence[tuple[str, np.ndarray]]) -> bytes:
 
 
 def decode_tensors(data: bytes) -> list[tuple[str, np.ndarray]]:
-    """Inverse of encode_tensors; raises ValueError on anything that is not exactly one encoding."""
+    """Inverse of encode_tensors; raises TensorEncodingError (a ProtocolError, so a ValueError) on anything
+    that is not exactly one encoding."""
     if len(data) < 2 or data[0] != ENCODING_VERSION:
-        raise ValueError("not a version 1 tensor encoding")
+        raise TensorEncodingError("not a version 1 tensor encoding")
     position, tensors = 2, []
     for _ in range(data[1]):
         if position >= len(data):
-            raise ValueError("truncated tensor header")
+            raise TensorEncodingError("truncated tensor header")
         name_length = data[position]
         name_end = position + 1 + name_length
         if name_end + 2 > len(data):
-            raise ValueError("truncated tensor header")
-        name = data[position + 1 : name_end].decode("utf-8")
+            raise TensorEncodingError("truncated tensor header")
+        try:
+            name = data[position + 1 : name_end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TensorEncodingError(f"tensor name is not UTF-8: {exc}") from exc
         code, rank = data[name_end], data[name_end + 1]
         dims_end = name_end + 2 + 4 * rank
         if code not in BY_CODE or dims_end > len(data):
-            raise ValueError("unknown dtype or truncated shape")
+            raise TensorEncodingError("unknown dtype or truncated shape")
         shape = struct.unpack_from(f">{rank}I", data, name_end + 2)
         dtype = BY_CODE[code].numpy
-        size = int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize
+        count = math.prod(shape)  # exact: a fixed-width product could wrap around to a small size
+        size = count * dtype.itemsize
         if dims_end + size > len(data):
-            raise ValueError("truncated tensor data")
-        array = np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=dims_end).reshape(shape)
+            raise TensorEncodingError("truncated tensor data")
+        try:
+            array = np.frombuffer(data, dtype=dtype, count=count, offset=dims_end).reshape(shape)
+        except ValueError as exc:  # numpy's own limits: more than 64 dimensions, or too large a shape
+            raise TensorEncodingError(f"shape {shape} is not representable: {exc}") from exc
         tensors.append((name, array))
         position = dims_end + size
     if position != len(data):
-        raise ValueError("trailing bytes after the last tensor")
+        raise TensorEncodingError("trailing bytes after the last tensor")
     return tensors

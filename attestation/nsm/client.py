@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import cbor2
@@ -18,28 +19,48 @@ from .. import cbor
 MAX_REQUEST = 4 * 1024
 MAX_RESPONSE = 12 * 1024
 MAX_USER_FIELD = 1024
-ERROR_CODES = frozenset(
-    (
-        "InvalidArgument",
-        "InvalidIndex",
-        "InvalidResponse",
-        "ReadOnlyIndex",
-        "InvalidOperation",
-        "BufferTooSmall",
-        "InputTooLarge",
-        "InternalError",
-    )
-)
+
+
+class NsmErrorCode(StrEnum):
+    """aws-nitro-enclaves-nsm-api's `ErrorCode`, in its declaration order (nsm-lib's C ABI numbers them
+    0..8 in this order). The value is the name the driver sends in `{"Error": "<name>"}`."""
+
+    SUCCESS = "Success"
+    INVALID_ARGUMENT = "InvalidArgument"
+    INVALID_INDEX = "InvalidIndex"
+    INVALID_RESPONSE = "InvalidResponse"
+    READ_ONLY_INDEX = "ReadOnlyIndex"
+    INVALID_OPERATION = "InvalidOperation"
+    BUFFER_TOO_SMALL = "BufferTooSmall"
+    INPUT_TOO_LARGE = "InputTooLarge"
+    INTERNAL_ERROR = "InternalError"
+
+    @property
+    def number(self) -> int:
+        """The code's number in nsm-lib's C ABI (Success = 0 ... InternalError = 8)."""
+        return list(NsmErrorCode).index(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> NsmErrorCode | None:
+        """The code named `value` in an NSM error response, or None when it names none."""
+        try:
+            return cls(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
 
 Transport = Callable[[bytes], bytes]
 
 
 class NsmError(Exception):
-    """The NSM answered with an error, or could not be reached. `code` is the NSM's ErrorCode name."""
+    """The NSM answered with an error, or could not be reached. `code` is the NSM's ErrorCode.
 
-    def __init__(self, code: str, detail: str = "") -> None:
-        self.code = code
-        super().__init__(f"NSM error {code}" + (f": {detail}" if detail else ""))
+    `code` is a StrEnum, so it also compares equal to the ErrorCode's name (`"InvalidIndex"`).
+    """
+
+    def __init__(self, code: NsmErrorCode, detail: str = "") -> None:
+        self.code = NsmErrorCode(code)
+        super().__init__(f"NSM error {self.code.value}" + (f": {detail}" if detail else ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +81,7 @@ class PcrState:
 def encode_request(request: str | dict[str, Any]) -> bytes:
     encoded = bytes(cbor2.dumps(request))
     if len(encoded) > MAX_REQUEST:
-        raise NsmError("InputTooLarge", f"request of {len(encoded)} bytes exceeds {MAX_REQUEST}")
+        raise NsmError(NsmErrorCode.INPUT_TOO_LARGE, f"request of {len(encoded)} bytes exceeds {MAX_REQUEST}")
     return encoded
 
 
@@ -69,29 +90,39 @@ def decode_response(raw: bytes, expected: str) -> Any:
     try:
         message = cbor.loads(raw)
     except cbor.CborError as exc:
-        raise NsmError("InvalidResponse", f"response is not CBOR: {exc}") from exc
+        raise NsmError(NsmErrorCode.INVALID_RESPONSE, f"response is not CBOR: {exc}") from exc
     if message == expected:
         return None
     if isinstance(message, dict) and len(message) == 1:
         ((kind, body),) = message.items()
         if kind == "Error":
-            code = body if body in ERROR_CODES else "InternalError"
-            raise NsmError(code, "" if body in ERROR_CODES else f"unknown error {body!r}")
+            code = NsmErrorCode.from_wire(body)
+            if code is None:
+                raise NsmError(NsmErrorCode.INTERNAL_ERROR, f"unknown error {body!r:.120}")
+            if code is NsmErrorCode.SUCCESS:
+                raise NsmError(NsmErrorCode.INVALID_RESPONSE, "an error response that reports Success")
+            raise NsmError(code)
         if kind == expected:
             return body
-    raise NsmError("InvalidResponse", f"expected a {expected} response, got {message!r:.120}")
+    raise NsmError(NsmErrorCode.INVALID_RESPONSE, f"expected a {expected} response, got {message!r:.120}")
 
 
 def _field(body: Any, name: str, kind: type) -> Any:
     value = body.get(name) if isinstance(body, dict) else None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise NsmError("InvalidResponse", f"response field {name!r} missing or not {kind.__name__}")
+        raise NsmError(
+            NsmErrorCode.INVALID_RESPONSE,
+            f"response field {name!r} missing or not {kind.__name__}",
+        )
     return value
 
 
 def _optional_bytes(name: str, value: bytes | None) -> bytes | None:
     if value is not None and len(value) > MAX_USER_FIELD:
-        raise NsmError("InputTooLarge", f"{name} is {len(value)} bytes, at most {MAX_USER_FIELD}")
+        raise NsmError(
+            NsmErrorCode.INPUT_TOO_LARGE,
+            f"{name} is {len(value)} bytes, at most {MAX_USER_FIELD}",
+        )
     return None if value is None else bytes(value)
 
 

@@ -15,7 +15,7 @@ import struct
 import threading
 from collections.abc import Callable
 
-from .client import MAX_REQUEST, MAX_RESPONSE, NsmError
+from .client import MAX_REQUEST, MAX_RESPONSE, NsmError, NsmErrorCode
 
 NSM_DEVICE = "/dev/nsm"
 NSM_IOCTL_RAW = 0xC0200A00
@@ -47,7 +47,10 @@ class NitroTransport:
 
     def __call__(self, request: bytes) -> bytes:
         if len(request) > MAX_REQUEST:
-            raise NsmError("InputTooLarge", f"request of {len(request)} bytes exceeds {MAX_REQUEST}")
+            raise NsmError(
+                NsmErrorCode.INPUT_TOO_LARGE,
+                f"request of {len(request)} bytes exceeds {MAX_REQUEST}",
+            )
         request_buf = ctypes.create_string_buffer(request, len(request))
         response_buf = ctypes.create_string_buffer(MAX_RESPONSE)
         raw = pack_raw(
@@ -60,18 +63,21 @@ class NitroTransport:
                 raise NsmError(_errno_code(exc.errno), f"ioctl failed: {exc}") from exc
         length = response_length(raw)
         if length > MAX_RESPONSE:
-            raise NsmError("BufferTooSmall", f"response of {length} bytes exceeds {MAX_RESPONSE}")
+            raise NsmError(
+                NsmErrorCode.BUFFER_TOO_SMALL,
+                f"response of {length} bytes exceeds {MAX_RESPONSE}",
+            )
         return response_buf.raw[:length]
 
     def close(self) -> None:
         os.close(self._fd)
 
 
-def _errno_code(number: int | None) -> str:
+def _errno_code(number: int | None) -> NsmErrorCode:
     if number == errno.EINVAL:
-        return "InvalidArgument"
+        return NsmErrorCode.INVALID_ARGUMENT
     if number in (errno.EMSGSIZE, errno.E2BIG):
-        return "InputTooLarge"
+        return NsmErrorCode.INPUT_TOO_LARGE
     if number == errno.ENOMEM:
-        return "BufferTooSmall"
-    return "InternalError"
+        return NsmErrorCode.BUFFER_TOO_SMALL
+    return NsmErrorCode.INTERNAL_ERROR

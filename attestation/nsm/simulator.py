@@ -25,7 +25,7 @@ from ..cose import ES384_PROTECTED, encode_sign1, sig_structure
 from ..document import AttestationDocument
 from ..measure import ZERO_PCR, extend
 from ..sim_pki import SimulatorPki
-from .client import MAX_USER_FIELD
+from .client import MAX_USER_FIELD, NsmErrorCode
 
 NSM_VERSION = (1, 0, 0)
 MAX_PCRS = 32
@@ -34,7 +34,7 @@ RANDOM_BYTES = 256
 
 
 class _Reject(Exception):
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: NsmErrorCode) -> None:
         self.code = code
 
 
@@ -67,13 +67,13 @@ class SimulatedNsmDevice:
             kind, body = (message, None) if isinstance(message, str) else _single(message)
             handler = self._handlers().get(kind)
             if handler is None:
-                raise _Reject("InvalidOperation")
+                raise _Reject(NsmErrorCode.INVALID_OPERATION)
             with self._lock:
                 answer = handler(body)
         except cbor.CborError:
-            return bytes(cbor2.dumps({"Error": "InvalidArgument"}))
+            return bytes(cbor2.dumps({"Error": NsmErrorCode.INVALID_ARGUMENT.value}))
         except _Reject as reject:
-            return bytes(cbor2.dumps({"Error": reject.code}))
+            return bytes(cbor2.dumps({"Error": reject.code.value}))
         return bytes(cbor2.dumps(answer if answer is not None else kind))
 
     def _handlers(self) -> dict[str, Callable[[Any], Any]]:
@@ -103,9 +103,9 @@ class SimulatedNsmDevice:
     def _index(self, body: Any) -> int:
         index = body.get("index") if isinstance(body, dict) else None
         if type(index) is not int:
-            raise _Reject("InvalidArgument")
+            raise _Reject(NsmErrorCode.INVALID_ARGUMENT)
         if not 0 <= index < MAX_PCRS:
-            raise _Reject("InvalidIndex")
+            raise _Reject(NsmErrorCode.INVALID_INDEX)
         return index
 
     def _describe_pcr(self, body: Any) -> Any:
@@ -116,11 +116,11 @@ class SimulatedNsmDevice:
         index = self._index(body)
         data = body.get("data")
         if not isinstance(data, bytes):
-            raise _Reject("InvalidArgument")
+            raise _Reject(NsmErrorCode.INVALID_ARGUMENT)
         if len(data) > MAX_USER_FIELD:
-            raise _Reject("InputTooLarge")
+            raise _Reject(NsmErrorCode.INPUT_TOO_LARGE)
         if self._locked[index]:
-            raise _Reject("ReadOnlyIndex")
+            raise _Reject(NsmErrorCode.READ_ONLY_INDEX)
         self._pcrs[index] = extend(self._pcrs[index], data)
         return {"ExtendPCR": {"data": self._pcrs[index]}}
 
@@ -131,20 +131,20 @@ class SimulatedNsmDevice:
     def _lock_pcrs(self, body: Any) -> Any:
         range_ = body.get("range") if isinstance(body, dict) else None
         if type(range_) is not int or not 0 <= range_ <= MAX_PCRS:
-            raise _Reject("InvalidArgument")
+            raise _Reject(NsmErrorCode.INVALID_ARGUMENT)
         for index in range(range_):
             self._locked[index] = True
         return None
 
     def _attestation(self, body: Any) -> Any:
         if not isinstance(body, dict) or set(body) - {"user_data", "nonce", "public_key"}:
-            raise _Reject("InvalidArgument")
+            raise _Reject(NsmErrorCode.INVALID_ARGUMENT)
         fields = {name: body.get(name) for name in ("user_data", "nonce", "public_key")}
         for value in fields.values():
             if value is not None and not isinstance(value, bytes):
-                raise _Reject("InvalidArgument")
+                raise _Reject(NsmErrorCode.INVALID_ARGUMENT)
             if value is not None and len(value) > MAX_USER_FIELD:
-                raise _Reject("InputTooLarge")
+                raise _Reject(NsmErrorCode.INPUT_TOO_LARGE)
         return {"Attestation": {"document": self.sign_document(**fields)}}
 
     def sign_document(self, user_data: bytes | None, nonce: bytes | None, public_key: bytes | None) -> bytes:
@@ -172,4 +172,4 @@ def _single(message: Any) -> tuple[str, Any]:
         ((kind, body),) = message.items()
         if isinstance(kind, str):
             return kind, body
-    raise _Reject("InvalidArgument")
+    raise _Reject(NsmErrorCode.INVALID_ARGUMENT)
