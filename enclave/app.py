@@ -3,8 +3,8 @@
 Layers, outermost first: protocol/edge.py (body limit, X-Request-ID, access log, metrics of every answer),
 enclave/fastpath.py (POST /infer and POST /v2/models/NAME/infer straight from ASGI), then this FastAPI app,
 which documents every route in /openapi.json and /docs and serves the rest. Handlers are module-level and
-reach the service through `request.app.state`; every refusal goes through `error_response`, in the shape of
-the route's protocol family.
+reach the service through `request.app.state`; every refusal goes through the one responder of
+protocol/edge.py, in the shape of the route's protocol family.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protocol.edge import AccessLog, HttpEdge, error_for_path
+from protocol.edge import AccessLog, HttpEdge, install_error_handlers
 from protocol.errors import RequestError, bad_request
 from protocol.inputs import MAX_BATCH_ELEMENTS
 
@@ -71,49 +69,6 @@ def _state(request: Request) -> Any:
 def _service(request: Request) -> EnclaveService:
     service: EnclaveService = request.app.state.service
     return service
-
-
-# --- errors: one responder for every route --------------------------------------------------------------
-
-
-def error_response(request: Request, error: RequestError) -> Response:
-    _state(request).metrics.error_counter(error.code).inc()
-    body = error_for_path(request.url.path, error)
-    return Response(body, status_code=error.status, media_type=_JSON, headers=error.headers)
-
-
-async def on_request_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestError)
-    return error_response(request, exc)
-
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-async def on_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}.get(
-        exc.status_code, str(exc.detail)
-    )
-    headers = dict(exc.headers or {})
-    return error_response(request, RequestError(exc.status_code, code, message, headers=headers))
-
-
-_PARAMETER_CODES = {"nonce": "invalid_nonce"}
-
-
-async def on_validation_error(request: Request, exc: Exception) -> Response:
-    """Parameters FastAPI validates (query, path) fail with the protocol's code for that parameter."""
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ())]
-    code = _PARAMETER_CODES.get(location[-1] if location else "", "invalid_request")
-    return error_response(request, bad_request(code, f"{'.'.join(location)}: {first.get('msg', 'invalid')}"))
-
-
-async def on_unexpected(request: Request, _exc: Exception) -> Response:
-    return error_response(request, INTERNAL)
 
 
 # --- routes ---------------------------------------------------------------------------------------------
@@ -336,12 +291,14 @@ def create_app(
     api.state.endpoints = endpoints
     api.state.batch_access = batch_access or BatchAccess(None)
     api.state.extra_headers = {"X-Verinfer-Simulated": "true"} if service.simulated else {}
+    def on_error(error: RequestError) -> None:
+        metrics.error_counter(error.code).inc()
+
     for path, handler, method, options in ROUTES:
         api.add_api_route(path, handler, methods=[method], **options)
-    api.add_exception_handler(RequestError, on_request_error)
-    api.add_exception_handler(StarletteHTTPException, on_http_exception)
-    api.add_exception_handler(RequestValidationError, on_validation_error)
-    api.add_exception_handler(Exception, on_unexpected)
+    install_error_handlers(
+        api, on_error=on_error, parameter_codes={"nonce": "invalid_nonce"}, internal=INTERNAL
+    )
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     api.router.on_shutdown.append(access_log.flush)
     front: Any = (
@@ -350,8 +307,5 @@ def create_app(
 
     def observe(path: str, status: int) -> None:
         metrics.request_counter(endpoint_label(path), status).inc()
-
-    def on_error(error: RequestError) -> None:
-        metrics.error_counter(error.code).inc()
 
     return HttpEdge(front, max_body=max_body, access_log=access_log, observe=observe, on_error=on_error)

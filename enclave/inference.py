@@ -38,12 +38,78 @@ def tensor_json(name: str, array: np.ndarray, model: LoadedModel) -> dict[str, A
 
 
 class InferenceEndpoints:
+    """POST /infer and POST /v2/models/{name}/infer as bytes -> (status, bytes)."""
+
     def __init__(
         self, service: EnclaveService, metrics: Metrics, *, max_elements: int = MAX_BATCH_ELEMENTS
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.max_elements = max_elements
+
+    def infer(self, body: bytes) -> Reply:
+        """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt."""
+        try:
+            return 200, orjson.dumps(self._infer(body), option=_NUMPY)
+        except RequestError as error:
+            self.metrics.error_counter(error.code).inc()
+            return error.status, error_body(error, v2=False)
+
+    def v2_infer(self, name: str, body: bytes) -> Reply:
+        """POST /v2/models/{name}/infer: the Open Inference Protocol, receipt in `parameters`."""
+        try:
+            return 200, orjson.dumps(self._v2_infer(name, body), option=_NUMPY)
+        except RequestError as error:
+            self.metrics.error_counter(error.code).inc()
+            return error.status, error_body(error, v2=True)
+
+    def _infer(self, body: bytes) -> dict[str, Any]:
+        request = parse_json(body)
+        if not isinstance(request, dict):
+            raise bad_request("invalid_json", "body must be a JSON object {model, inputs, request_id?}")
+        if "model" not in request or "inputs" not in request:
+            raise bad_request("missing_field", "body needs 'model' and 'inputs'")
+        model = self.service.runtime.get(request["model"])
+        inputs = self._inputs(model, request["inputs"], body, v2=False)
+        result = self._run(model, inputs, parse_request_id(request.get("request_id")), None)
+        return {
+            "model": model.entry.name,
+            "model_version": model.entry.version,
+            "outputs": [tensor_json(n, a, model) for n, a in result.outputs],
+            "receipt": result.receipt.to_json(),
+            "simulated": self.service.simulated,
+        }
+
+    def _v2_infer(self, name: str, body: bytes) -> dict[str, Any]:
+        model = self.service.runtime.get(name)
+        request = parse_json(body)
+        if not isinstance(request, dict) or "inputs" not in request:
+            raise bad_request("missing_field", "body needs 'inputs' (a list of tensors)")
+        if "id" in request and not isinstance(request["id"], str):
+            raise bad_request("invalid_id", "'id' must be a string")
+        parameters = request.get("parameters")
+        parameters = {} if parameters is None else parameters
+        if not isinstance(parameters, dict):
+            raise bad_request("invalid_parameters", "'parameters' must be an object")
+        inputs = self._inputs(model, request["inputs"], body, v2=True)
+        wanted = requested_outputs(request.get("outputs"), model)
+        result = self._run(model, inputs, parse_request_id(parameters.get("request_id")), wanted)
+        response: dict[str, Any] = {
+            "model_name": model.entry.name,
+            "model_version": model.entry.version,
+            "outputs": [tensor_json(n, a, model) for n, a in result.outputs],
+            "parameters": {"receipt": result.receipt.to_json(), "simulated": self.service.simulated},
+        }
+        if "id" in request:
+            response["id"] = request["id"]  # checked to be a string before any work
+        return response
+
+    def _inputs(
+        self, model: LoadedModel, inputs: Any, body: bytes, *, v2: bool
+    ) -> list[tuple[str, np.ndarray]]:
+        return parse_inputs(
+            model.entry, inputs, v2=v2, max_elements=self.max_elements, check_bools=may_hold_bools(body)
+        )
 
     def _run(
         self,
@@ -54,79 +120,10 @@ class InferenceEndpoints:
     ) -> InferenceResult:
         start = time.perf_counter()
         result = self.service.infer(model, inputs, request_id, only)
-        self.metrics.model_latency(model.entry.name).observe(time.perf_counter() - start)
-        self.metrics.model_inferences(model.entry.name).inc()
+        latency, count = self.metrics.model_series(model.entry.name)
+        latency.observe(time.perf_counter() - start)
+        count.inc()
         return result
-
-    def _reply(self, build: Any, *, v2: bool) -> Reply:
-        try:
-            payload = build()
-        except RequestError as error:
-            self.metrics.error_counter(error.code).inc()
-            return error.status, error_body(error, v2=v2)
-        return 200, orjson.dumps(payload, option=_NUMPY)
-
-    def _inputs(
-        self, model: LoadedModel, inputs: Any, body: bytes, *, v2: bool
-    ) -> list[tuple[str, np.ndarray]]:
-        return parse_inputs(
-            model.entry,
-            inputs,
-            v2=v2,
-            max_elements=self.max_elements,
-            check_bools=may_hold_bools(body),
-        )
-
-    def infer(self, body: bytes) -> Reply:
-        """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt."""
-
-        def build() -> dict[str, Any]:
-            request = parse_json(body)
-            if not isinstance(request, dict):
-                raise bad_request("invalid_json", "body must be a JSON object {model, inputs, request_id?}")
-            if "model" not in request or "inputs" not in request:
-                raise bad_request("missing_field", "body needs 'model' and 'inputs'")
-            model = self.service.runtime.get(request["model"])
-            inputs = self._inputs(model, request["inputs"], body, v2=False)
-            result = self._run(model, inputs, parse_request_id(request.get("request_id")), None)
-            return {
-                "model": model.entry.name,
-                "model_version": model.entry.version,
-                "outputs": [tensor_json(n, a, model) for n, a in result.outputs],
-                "receipt": result.receipt.to_json(),
-                "simulated": self.service.simulated,
-            }
-
-        return self._reply(build, v2=False)
-
-    def v2_infer(self, name: str, body: bytes) -> Reply:
-        """POST /v2/models/{name}/infer: the Open Inference Protocol, receipt in `parameters`."""
-
-        def build() -> dict[str, Any]:
-            model = self.service.runtime.get(name)
-            request = parse_json(body)
-            if not isinstance(request, dict) or "inputs" not in request:
-                raise bad_request("missing_field", "body needs 'inputs' (a list of tensors)")
-            if "id" in request and not isinstance(request["id"], str):
-                raise bad_request("invalid_id", "'id' must be a string")
-            parameters = request.get("parameters")
-            parameters = {} if parameters is None else parameters
-            if not isinstance(parameters, dict):
-                raise bad_request("invalid_parameters", "'parameters' must be an object")
-            inputs = self._inputs(model, request["inputs"], body, v2=True)
-            wanted = requested_outputs(request.get("outputs"), model)
-            result = self._run(model, inputs, parse_request_id(parameters.get("request_id")), wanted)
-            response: dict[str, Any] = {
-                "model_name": model.entry.name,
-                "model_version": model.entry.version,
-                "outputs": [tensor_json(n, a, model) for n, a in result.outputs],
-                "parameters": {"receipt": result.receipt.to_json(), "simulated": self.service.simulated},
-            }
-            if "id" in request:
-                response["id"] = request["id"]  # checked to be a string before any work
-            return response
-
-        return self._reply(build, v2=True)
 
 
 def requested_outputs(value: Any, model: LoadedModel) -> set[str] | None:

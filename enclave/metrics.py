@@ -44,12 +44,9 @@ class Metrics:
         return self.requests.labels(endpoint=endpoint, status=str(status))
 
     @cache  # noqa: B019
-    def model_latency(self, model: str) -> Histogram:
-        return self.latency.labels(model=model)
-
-    @cache  # noqa: B019
-    def model_inferences(self, model: str) -> Counter:
-        return self.inferences.labels(model=model)
+    def model_series(self, model: str) -> tuple[Histogram, Counter]:
+        """(latency histogram, inference counter) of one model, looked up together once."""
+        return self.latency.labels(model=model), self.inferences.labels(model=model)
 
     @cache  # noqa: B019
     def error_counter(self, code: str) -> Counter:

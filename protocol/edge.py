@@ -17,10 +17,14 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import IO, Any
 
 import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import RequestError
 
@@ -217,3 +221,63 @@ async def _send_error(send: Send, error: RequestError, path: str) -> None:
     headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+# --- one error responder for FastAPI apps behind the edge ---------------------------------------------------
+
+_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+def install_error_handlers(
+    app: FastAPI,
+    *,
+    on_error: Callable[[RequestError], None] | None = None,
+    parameter_codes: Mapping[str, str] | None = None,
+    internal: RequestError | None = None,
+) -> None:
+    """Every refusal of `app` in its family's shape: RequestError as raised, Starlette's 404/405 (with
+    `Allow`), validation failures as 400 (a parameter named in `parameter_codes` gets that code), and any
+    other exception as a 500 `internal`. `on_error` sees each one (metrics)."""
+    codes = dict(parameter_codes or {})
+    internal_error = internal or RequestError(500, "internal", "internal error")
+
+    def respond(request: Request, error: RequestError) -> Response:
+        if on_error is not None:
+            on_error(error)
+        body = error_for_path(request.url.path, error)
+        return Response(body, status_code=error.status, media_type="application/json", headers=error.headers)
+
+    async def request_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
+        return respond(request, exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        status = exc.status_code
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
+        error = RequestError(
+            status,
+            _HTTP_CODES.get(status, f"http_{status}"),
+            message.get(status, str(exc.detail)),
+            headers=dict(exc.headers or {}),
+        )
+        return respond(request, error)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems, code = [], "invalid_request"
+        for item in exc.errors()[:5]:
+            location = [str(part) for part in item.get("loc", ()) if part != "body"]
+            if location and location[-1] in codes:
+                code = codes[location[-1]]
+            where = ".".join(location)
+            problems.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        return respond(request, RequestError(400, code, "; ".join(problems) or "invalid request"))
+
+    async def unexpected(request: Request, _exc: Exception) -> Response:
+        return respond(request, internal_error)
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, unexpected)

@@ -25,21 +25,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from web3 import Web3
 
 from attestation import Policy, VerifiedAttestation
-from protocol.edge import AccessLog, HttpEdge, error_body
+from protocol.edge import AccessLog, HttpEdge, install_error_handlers
 from protocol.errors import RequestError
 
 from .registration import (
@@ -217,51 +215,93 @@ def normalize_enclave_url(text: str) -> str:
 # --- the app ------------------------------------------------------------------------------------------------
 
 
-def _error(error: RequestError) -> Response:
-    return Response(
-        error_body(error, v2=False),
-        status_code=error.status,
-        media_type="application/json",
-        headers=error.headers,
+@dataclass(frozen=True)
+class VerifierService:
+    """What the routes need: the signing key, the policy, the allow-list and the challenges."""
+
+    verifier: LocalAccount
+    policy: Policy
+    allowed: tuple[str, ...]
+    challenges: ChallengeStore
+    challenge_ttl_s: float
+    fetch_deadline_s: float
+    max_body: int
+
+    async def posted(self, attestation: str | AttestationAnswer, nonce_hex: str) -> VerifiedAttestation:
+        try:
+            document = document_from(
+                attestation if isinstance(attestation, str) else attestation.document,
+                "the posted attestation",
+            )
+        except RegistrationError as exc:
+            raise RequestError(400, "invalid_request", str(exc)) from exc
+        nonce = bytes.fromhex(nonce_hex.removeprefix("0x"))
+        if not self.challenges.consume(nonce):  # consumed before verifying: one try per nonce
+            raise RequestError(
+                422,
+                "invalid_nonce",
+                "the nonce is not an unexpired, unused challenge of this verifier (POST /challenges)",
+            )
+        return await run_in_threadpool(check_attestation, document, self.policy, nonce, "the posted document")
+
+    async def fetched(self, enclave: str) -> VerifiedAttestation:
+        try:
+            url = normalize_enclave_url(enclave)
+        except ValueError as exc:
+            raise RequestError(400, "invalid_request", f"enclave: {exc}") from exc
+        if url not in self.allowed:  # before any connection: no reaching hosts on our network (SSRF)
+            raise RequestError(
+                403,
+                "enclave_not_allowed",
+                f"this verifier fetches only from its --enclave-allow URLs, not {url}; "
+                "post the attestation with a POST /challenges nonce instead",
+            )
+        nonce = os.urandom(NONCE_BYTES)
+        document = await fetch_attestation_async(url, nonce, timeout=self.fetch_deadline_s)
+        return await run_in_threadpool(check_attestation, document, self.policy, nonce, url)
+
+
+def _service(request: Request) -> VerifierService:
+    service: VerifierService = request.app.state.verifier_service
+    return service
+
+
+async def identity(request: Request) -> Identity:
+    """Who signs, under which root and PCR policy, and which enclaves this service may fetch from."""
+    service = _service(request)
+    return Identity(
+        verifier=service.verifier.address,
+        root=service.policy.root.label,
+        simulated_root=not service.policy.root.is_aws,
+        pcrs={str(i): v.hex() for i, v in service.policy.expected_pcrs.items()},
+        allowed_enclaves=list(service.allowed),
+        challenge_ttl_s=service.challenge_ttl_s,
+        max_body=service.max_body,
     )
 
 
-_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+async def challenge(request: Request) -> ChallengeResponse:
+    """A single-use nonce: fetch the enclave's GET /attestation?nonce= with it, then post the document
+    to /registrations within `expiresInS`."""
+    service = _service(request)
+    return ChallengeResponse(nonce=service.challenges.issue().hex(), expires_in_s=service.challenge_ttl_s)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    async def request_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestError)
-        return _error(exc)
-
-    async def invalid(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        problems = []
-        for item in exc.errors()[:5]:
-            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-            problems.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-        return _error(RequestError(400, "invalid_request", "; ".join(problems) or "invalid request"))
-
-    async def http_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return _error(
-            RequestError(
-                exc.status_code, code, str(exc.detail), headers=dict(exc.headers) if exc.headers else None
-            )
-        )
-
-    async def unexpected(_request: Request, exc: Exception) -> Response:
-        return Response(
-            error_body(RequestError(500, "internal", f"internal error: {type(exc).__name__}"), v2=False),
-            status_code=500,
-            media_type="application/json",
-        )
-
-    app.add_exception_handler(RequestError, request_error)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
+async def registrations(request: Request, body: RegistrationRequest) -> RegistrationResponse:
+    """Verify the attestation (posted with a challenge nonce, or fetched from an allow-listed enclave)
+    and sign the enclave's registration for `chainId` and `contract`."""
+    service = _service(request)
+    try:
+        if body.attestation is not None:
+            attested = await service.posted(body.attestation, body.nonce or "")
+        else:
+            attested = await service.fetched(body.enclave or "")
+    except RegistrationError as exc:
+        raise RequestError(422, "attestation_rejected", str(exc)) from exc
+    registration = sign_registration(
+        service.verifier, attested, chain_id=body.chain_id, contract=body.contract
+    )
+    return RegistrationResponse.model_validate(registration.to_json())
 
 
 def create_verifier_app(
@@ -276,89 +316,36 @@ def create_verifier_app(
     access_log: AccessLog | None = None,
 ) -> HttpEdge:
     """The service behind its HttpEdge. ValueError for an allow-list entry that is not an http(s) URL."""
-    allowed = sorted({normalize_enclave_url(url) for url in enclave_allow})
-    challenges = ChallengeStore(challenge_ttl_s, max_challenges)
     app = FastAPI(
         title="verinfer attestation verifier",
         summary="verifies enclave attestations and signs EIP-712 enclave registrations",
         docs_url="/docs",
         redoc_url=None,
     )
-    _install_error_handlers(app)
-
-    @app.get("/", response_model=Identity)
-    async def identity() -> Identity:
-        """Who signs, under which root and PCR policy, and which enclaves this service may fetch from."""
-        return Identity(
-            verifier=verifier.address,
-            root=policy.root.label,
-            simulated_root=not policy.root.is_aws,
-            pcrs={str(i): v.hex() for i, v in policy.expected_pcrs.items()},
-            allowed_enclaves=allowed,
-            challenge_ttl_s=challenge_ttl_s,
-            max_body=max_body,
-        )
-
-    @app.post(
+    app.state.verifier_service = VerifierService(
+        verifier=verifier,
+        policy=policy,
+        allowed=tuple(sorted({normalize_enclave_url(url) for url in enclave_allow})),
+        challenges=ChallengeStore(challenge_ttl_s, max_challenges),
+        challenge_ttl_s=challenge_ttl_s,
+        fetch_deadline_s=fetch_deadline_s,
+        max_body=max_body,
+    )
+    install_error_handlers(app)
+    app.add_api_route("/", identity, methods=["GET"], response_model=Identity)
+    app.add_api_route(
         "/challenges",
+        challenge,
+        methods=["POST"],
         status_code=201,
         response_model=ChallengeResponse,
         responses=_errors(413, 503),
     )
-    async def challenge() -> ChallengeResponse:
-        """A single-use nonce: fetch the enclave's GET /attestation?nonce= with it, then post the document
-        to /registrations within `expiresInS`."""
-        return ChallengeResponse(nonce=challenges.issue().hex(), expires_in_s=challenge_ttl_s)
-
-    @app.post(
+    app.add_api_route(
         "/registrations",
+        registrations,
+        methods=["POST"],
         response_model=RegistrationResponse,
         responses=_errors(400, 403, 413, 422),
     )
-    async def registrations(body: RegistrationRequest) -> RegistrationResponse:
-        """Verify the attestation (posted with a challenge nonce, or fetched from an allow-listed enclave)
-        and sign the enclave's registration for `chainId` and `contract`."""
-        try:
-            if body.attestation is not None:
-                attested = await posted(body.attestation, body.nonce or "")
-            else:
-                attested = await fetched(body.enclave or "")
-        except RegistrationError as exc:
-            raise RequestError(422, "attestation_rejected", str(exc)) from exc
-        registration = sign_registration(verifier, attested, chain_id=body.chain_id, contract=body.contract)
-        return RegistrationResponse.model_validate(registration.to_json())
-
-    async def posted(attestation: str | AttestationAnswer, nonce_hex: str) -> VerifiedAttestation:
-        try:
-            document = document_from(
-                attestation if isinstance(attestation, str) else attestation.document,
-                "the posted attestation",
-            )
-        except RegistrationError as exc:
-            raise RequestError(400, "invalid_request", str(exc)) from exc
-        nonce = bytes.fromhex(nonce_hex.removeprefix("0x"))
-        if not challenges.consume(nonce):  # consumed before verifying: one try per nonce
-            raise RequestError(
-                422,
-                "invalid_nonce",
-                "the nonce is not an unexpired, unused challenge of this verifier (POST /challenges)",
-            )
-        return await run_in_threadpool(check_attestation, document, policy, nonce, "the posted document")
-
-    async def fetched(enclave: str) -> VerifiedAttestation:
-        try:
-            url = normalize_enclave_url(enclave)
-        except ValueError as exc:
-            raise RequestError(400, "invalid_request", f"enclave: {exc}") from exc
-        if url not in allowed:  # before any connection: no reaching hosts on our network (SSRF)
-            raise RequestError(
-                403,
-                "enclave_not_allowed",
-                f"this verifier fetches only from its --enclave-allow URLs, not {url}; "
-                "post the attestation with a POST /challenges nonce instead",
-            )
-        nonce = os.urandom(NONCE_BYTES)
-        document = await fetch_attestation_async(url, nonce, timeout=fetch_deadline_s)
-        return await run_in_threadpool(check_attestation, document, policy, nonce, url)
-
     return HttpEdge(app, max_body=max_body, access_log=access_log)
