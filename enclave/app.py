@@ -1,7 +1,8 @@
 """The HTTP API: /infer, /attestation, /models, /receipts/batch, /metrics and KServe V2 (Open Inference).
 
-Layers, outermost first: protocol/edge.py (body limit, X-Request-ID, access log, metrics of every answer),
-enclave/fastpath.py (POST /infer and POST /v2/models/NAME/infer straight from ASGI), then this FastAPI app,
+Layers: protocol/edge.py (body limit, X-Request-ID, access log, metrics of every answer) answers
+POST /infer and POST /v2/models/NAME/infer itself with the handlers of enclave/fastpath.py, and hands
+everything else to this FastAPI app,
 which documents every route in /openapi.json and /docs and serves the rest. Handlers are module-level and
 reach the service through `request.app.state`; every refusal goes through the one responder of
 protocol/edge.py, in the shape of the route's protocol family.
@@ -23,7 +24,7 @@ from protocol.inputs import MAX_BATCH_ELEMENTS
 
 from . import __version__, schemas
 from .batch_access import BatchAccess
-from .fastpath import INTERNAL, InferenceFastPath, run_endpoint, v2_infer_model
+from .fastpath import INTERNAL, inference_route, run_endpoint, v2_infer_model
 from .inference import InferenceEndpoints, parse_json
 from .metrics import Metrics
 from .runtime import LoadedModel
@@ -291,6 +292,7 @@ def create_app(
     api.state.endpoints = endpoints
     api.state.batch_access = batch_access or BatchAccess(None)
     api.state.extra_headers = {"X-Verinfer-Simulated": "true"} if service.simulated else {}
+
     def on_error(error: RequestError) -> None:
         metrics.error_counter(error.code).inc()
 
@@ -301,11 +303,16 @@ def create_app(
     )
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     api.router.on_shutdown.append(access_log.flush)
-    front: Any = (
-        InferenceFastPath(api, endpoints, extra_headers=api.state.extra_headers) if fast_path else api
-    )
 
     def observe(path: str, status: int) -> None:
         metrics.request_counter(endpoint_label(path), status).inc()
 
-    return HttpEdge(front, max_body=max_body, access_log=access_log, observe=observe, on_error=on_error)
+    return HttpEdge(
+        api,
+        max_body=max_body,
+        access_log=access_log,
+        observe=observe,
+        on_error=on_error,
+        fast_route=inference_route(endpoints) if fast_path else None,
+        fast_headers=api.state.extra_headers,
+    )

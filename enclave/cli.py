@@ -8,11 +8,12 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
 from attestation.cli import EXIT_OK, UsageError
-from protocol.inputs import MAX_BATCH_ELEMENTS
+from protocol.inputs import MAX_BATCH_ELEMENTS, OVERFLOW_WARNING
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -31,6 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .vsock import vsock_listener
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # A client's out-of-range float is a 400 invalid_value, not something for the server's log.
+    warnings.filterwarnings("ignore", message=OVERFLOW_WARNING, category=RuntimeWarning)
     log = logging.getLogger("verinfer.serve")
     try:
         manifest = load_manifest(args.models)

@@ -1,16 +1,18 @@
-"""A lean ASGI front for the two inference routes; every other request goes to the FastAPI app.
+"""The two inference routes as handlers from body bytes to (status, JSON bytes), served by the HTTP edge.
 
 FastAPI's per-request machinery (Request object, dependency resolution, Response object) costs about as much
-as signing a receipt, so the hot routes are served straight from ASGI messages. The body arrives already
-read and bounded by protocol/edge.py (in the scope); the same handlers back the documented FastAPI routes
-(enclave/app.py).
+as signing a receipt, so protocol/edge.py answers these routes straight from ASGI messages, after its body
+limit; every other request goes to the FastAPI app. The same handlers back the documented FastAPI routes
+(enclave/app.py), so both paths answer alike.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 
-from protocol.edge import BODY_KEY, ASGIApp, Receive, Scope, Send, error_body
+from protocol.edge import BytesRoute, error_body
 from protocol.errors import RequestError
 
 from .inference import InferenceEndpoints, Reply
@@ -40,31 +42,16 @@ def run_endpoint(endpoints: InferenceEndpoints, v2_model: str | None, body: byte
         return INTERNAL.status, error_body(INTERNAL, v2=v2_model is not None)
 
 
-class InferenceFastPath:
-    def __init__(
-        self, fallback: ASGIApp, endpoints: InferenceEndpoints, *, extra_headers: dict[str, str]
-    ) -> None:
-        self.fallback = fallback
-        self.endpoints = endpoints
-        self.headers = [(b"content-type", b"application/json")] + [
-            (k.lower().encode(), v.encode()) for k, v in extra_headers.items()
-        ]
+def inference_route(endpoints: InferenceEndpoints) -> Callable[[str, str], BytesRoute | None]:
+    """The edge's fast route for POST /infer and POST /v2/models/NAME/infer (protocol/edge.py)."""
+    infer = partial(run_endpoint, endpoints, None)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path: str = scope["path"]
-            if path == "/infer":
-                await self._serve(scope, receive, send, None)
-                return
-            name = v2_infer_model(path)
-            if name is not None:
-                await self._serve(scope, receive, send, name)
-                return
-        await self.fallback(scope, receive, send)
+    def route(method: str, path: str) -> BytesRoute | None:
+        if method != "POST":
+            return None
+        if path == "/infer":
+            return infer
+        name = v2_infer_model(path)
+        return None if name is None else partial(run_endpoint, endpoints, name)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, v2_model: str | None) -> None:
-        body: bytes = scope[BODY_KEY]  # always behind HttpEdge, which read and bounded it
-        status, payload = run_endpoint(self.endpoints, v2_model, body)
-        headers = [*self.headers, (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+    return route

@@ -55,9 +55,6 @@ def error_for_path(path: str, error: RequestError) -> bytes:
     return error_body(error, v2=is_v2(path))
 
 
-BODY_KEY = "verinfer.body"  # scope key holding the request body HttpEdge read
-
-
 class AccessLog:
     """One line per request, buffered: `logging` costs ~60 us a record (half a signed inference).
 
@@ -113,8 +110,16 @@ class _Disconnected(Exception):
     pass
 
 
+BytesRoute = Callable[[bytes], tuple[int, bytes]]
+
+
 class HttpEdge:
-    """Body limit, X-Request-ID (accepted or generated, echoed, logged) and an access log line."""
+    """Body limit, X-Request-ID (accepted or generated, echoed, logged) and an access log line.
+
+    `fast_route(method, path)` may claim a request for a handler from body bytes to (status, JSON bytes),
+    answered here straight from ASGI messages with `fast_headers`: the enclave's inference routes, where
+    FastAPI's per-request machinery would cost as much as signing. Everything else goes to `app`.
+    """
 
     def __init__(
         self,
@@ -124,8 +129,14 @@ class HttpEdge:
         access_log: AccessLog | None = None,
         observe: Callable[[str, int], None] | None = None,
         on_error: Callable[[RequestError], None] | None = None,
+        fast_route: Callable[[str, str], BytesRoute | None] | None = None,
+        fast_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.app = app
+        self.fast_route = fast_route
+        self.fast_headers = [(b"content-type", b"application/json")] + [
+            (k.lower().encode(), v.encode()) for k, v in (fast_headers or {}).items()
+        ]
         self.max_body = max_body
         self.access_log = access_log or AccessLog(None)
         self.observe = observe  # (path, status) of every answered request, for metrics
@@ -163,8 +174,18 @@ class HttpEdge:
             except _Disconnected:
                 status = 499  # nginx's code for "client closed the request"; nothing is sent
             else:
-                scope[BODY_KEY] = body  # the fast path takes it from here; others receive() it as usual
-                await self.app(scope, _replay(body, receive), send_with_id)
+                route = None if self.fast_route is None else self.fast_route(scope["method"], scope["path"])
+                if route is not None:
+                    status, payload = route(body)
+                    headers = [
+                        *self.fast_headers,
+                        (b"content-length", b"%d" % len(payload)),
+                        (REQUEST_ID_HEADER, request_id),
+                    ]
+                    await send({"type": "http.response.start", "status": status, "headers": headers})
+                    await send({"type": "http.response.body", "body": payload})
+                else:
+                    await self.app(scope, _replay(body, receive), send_with_id)
         finally:  # also when the app raised after answering 500
             if self.observe is not None and status:
                 self.observe(scope["path"], status)

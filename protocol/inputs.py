@@ -19,6 +19,8 @@ from .manifest import ModelEntry, TensorSpec
 from .tensors import BY_V2
 
 MAX_BATCH_ELEMENTS = 1 << 22
+# What numpy says when a float input exceeds the model's float type; the value is refused as invalid_value.
+OVERFLOW_WARNING = "overflow encountered in cast"
 
 
 def contains_bool(data: Any) -> bool:
@@ -59,8 +61,10 @@ def to_array(
     if raw.size > max_elements:
         raise bad_request("tensor_too_large", f"{spec.name}: more than {max_elements} elements")
     if spec.dtype.numpy.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            array = raw.astype(spec.dtype.numpy)
+        # No np.errstate around the cast: entering and leaving it costs ~14k instructions, 2% of a signed
+        # inference. An overflow becomes inf and is refused just below; numpy's RuntimeWarning for it is
+        # silenced by the server (OVERFLOW_WARNING) and is harmless elsewhere.
+        array = raw.astype(spec.dtype.numpy)
         if not np.isfinite(array).all():  # one check on the hot path; work out which problem only on failure
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
                 raise bad_request("invalid_value", f"{spec.name}: values must be finite")

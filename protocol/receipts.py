@@ -64,13 +64,18 @@ class Receipt:
     timestamp_ms: int
 
     def __post_init__(self) -> None:
-        # Straight-line on purpose: the enclave builds one receipt per request, and a getattr loop costs
-        # as much again. Work out which field is wrong only on failure.
-        fields = (self.request_id, self.model_hash, self.input_hash, self.output_hash)
-        if not all(type(value) is bytes and len(value) == 32 for value in fields):
-            for name, value in zip(
-                ("request_id", "model_hash", "input_hash", "output_hash"), fields, strict=True
-            ):
+        # Straight-line on purpose: the enclave builds one receipt per request, and a loop over the fields
+        # costs as much again. Work out which field is wrong only on failure.
+        r, m, i, o = self.request_id, self.model_hash, self.input_hash, self.output_hash
+        if not (
+            type(r) is bytes
+            and type(m) is bytes
+            and type(i) is bytes
+            and type(o) is bytes
+            and len(r) == len(m) == len(i) == len(o) == 32
+        ):
+            names = ("request_id", "model_hash", "input_hash", "output_hash")
+            for name, value in zip(names, (r, m, i, o), strict=True):
                 if not isinstance(value, bytes) or len(value) != 32:
                     raise ReceiptError(f"{name} must be 32 bytes")
         if type(self.timestamp_ms) is not int or not 0 <= self.timestamp_ms < 2**64:
