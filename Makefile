@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup test lint typecheck pytest demo bench models contracts image image-tools enclave-lock clean
+.PHONY: setup test lint typecheck pytest demo bench fuzz bench-instructions models contracts image image-tools enclave-lock clean
 
 setup: $(STAMP) $(NPM_STAMP) image-tools
 
@@ -55,6 +55,15 @@ bench: setup
 	$(BIN)/python -m bench.bench_attestation
 	$(BIN)/python -m bench.bench_server
 	$(BIN)/python -m bench.bench_gas
+
+# The parsers under a million fuzzed inputs, and the whole API under schemathesis (docs/BENCHMARKS.md).
+fuzz: setup
+	$(BIN)/python -m bench.fuzz_parsers --inputs 1000000 --seed 0
+	$(BIN)/python -m bench.api_fuzz --max-examples 300 --seed 7
+
+# Instructions per signed /infer against the pre-edge commit (needs valgrind).
+bench-instructions: setup
+	$(BIN)/python -m bench.bench_instructions
 
 # Pin the enclave image's dependencies by hash (requirements-enclave.in -> requirements-enclave.lock).
 enclave-lock: setup

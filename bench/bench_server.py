@@ -6,7 +6,7 @@ Goals: signed /infer >= 0.9x the echo's throughput; receipt overhead <= 100 us; 
 throughput no lower than the baseline commit's (ratio >= 1.0 within the run-to-run noise, about +-5%).
 The load generator is bench/loadgen.py (keep-alive HTTP/1.1, raw asyncio sockets) on the same machine.
 The baseline is the tree at REF (git archive), served by its own `python -m enclave serve`; before and
-after are measured alternately, three rounds, and the median throughput of each is compared.
+after are measured alternately, five rounds, and the median throughput of each is compared.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from verinfer.processes import free_port, running_server, stop, wait_ready
 
 # The last commit before the HTTP edge (issue 10): the "before" of the throughput comparison.
 BASELINE_REF = "8432830"
-ROUNDS = 3
+ROUNDS = 5
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST = np.load(REPO / "models" / "data" / "mnist-eval.npz")

@@ -157,6 +157,10 @@ def test_huge_declared_shape_is_400_not_500(server: str) -> None:
     assert response.status_code == 400 and response.json()["code"] == "tensor_too_large"
     response = httpx.post(f"{server}/v2/models/iris-mlp/infer", json=v2_body(shape=[2**63, 2**63]))
     assert response.status_code == 400
+    # numpy's int64 product of [2^62, 4] wraps to 0, which "matched" an empty data list and then failed
+    # to reshape: a 500 before the fix.
+    wrapped = httpx.post(f"{server}/v2/models/iris-mlp/infer", json=v2_body(shape=[2**62, 4], data=[]))
+    assert wrapped.status_code == 400 and wrapped.json()["code"] == "tensor_too_large"
 
 
 @pytest.mark.parametrize("data", [[[True, 3.0, 5.2, 2.3]], [[1.5, 2, False, 1]], [[1, 2, 3, True]]])
