@@ -61,7 +61,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not batch_access.enabled:
         log.info("POST /receipts/batch is disabled (no --batch-token-sha256)")
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # No "server: uvicorn" header: it only helps fingerprinting, and each header costs uvicorn per response.
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False, server_header=False
+    )
     server = uvicorn.Server(config)
     if args.vsock is not None:
         try:
