@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import orjson
@@ -36,6 +36,9 @@ DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
 Kind = Literal["deadline", "too_large", "connect", "network", "status", "protocol", "invalid_url"]
+
+
+T = TypeVar("T")
 
 
 class OutboundError(Exception):
@@ -207,10 +210,17 @@ def request(
     limits: Limits | None = None,
 ) -> HttpResponse:
     """`request_async` for synchronous callers (not from inside a running event loop)."""
+    return run_blocking(request_async(method, url, params=params, json=json, headers=headers, limits=limits))
+
+
+def run_blocking(call: Coroutine[Any, Any, T]) -> T:
+    """Run an outbound coroutine to completion from synchronous code; refuses inside an event loop, where
+    blocking would stall every other request."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
+        call.close()
         raise RuntimeError("relay.http_client.request blocks: inside an event loop, await request_async")
-    return asyncio.run(request_async(method, url, params=params, json=json, headers=headers, limits=limits))
+    return asyncio.run(call)

@@ -24,7 +24,7 @@ from protocol.hashing import keccak256 as keccak
 from protocol.images import image_id
 
 from .chain import TxSender
-from .http_client import HttpResponse, Limits, OutboundError, request, request_async
+from .http_client import HttpResponse, Limits, OutboundError, request_async, run_blocking
 
 REGISTRATION_TYPEHASH = keccak(
     b"EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash)"
@@ -117,20 +117,11 @@ def _document(response: HttpResponse, enclave_url: str) -> bytes:
 
 def fetch_attestation(enclave_url: str, nonce: bytes, *, timeout: float = 10.0) -> bytes:
     """The enclave's document for `nonce` (GET {enclave_url}/attestation?nonce=hex), within bounds."""
-    try:
-        response = request(
-            "GET",
-            f"{enclave_url.rstrip('/')}/attestation",
-            params={"nonce": nonce.hex()},
-            limits=attestation_limits(timeout),
-        )
-    except OutboundError as exc:
-        raise RegistrationError(f"cannot fetch an attestation from {enclave_url}: {exc}") from exc
-    return _document(response, enclave_url)
+    return run_blocking(fetch_attestation_async(enclave_url, nonce, timeout=timeout))
 
 
 async def fetch_attestation_async(enclave_url: str, nonce: bytes, *, timeout: float = 10.0) -> bytes:
-    """fetch_attestation for an event loop (the verifier service)."""
+    """The enclave's document for `nonce`, for an event loop (the verifier service)."""
     try:
         response = await request_async(
             "GET",
