@@ -2,10 +2,9 @@
 
 Layers: protocol/edge.py (body limit, X-Request-ID, access log, metrics of every answer) answers
 POST /infer and POST /v2/models/NAME/infer itself with the handlers of enclave/fastpath.py, and hands
-everything else to this FastAPI app,
-which documents every route in /openapi.json and /docs and serves the rest. Handlers are module-level and
-reach the service through `request.app.state`; every refusal goes through the one responder of
-protocol/edge.py, in the shape of the route's protocol family.
+everything else to this FastAPI app, which documents every route in /openapi.json and /docs and serves the
+rest. Handlers are module-level and reach the service through `request.app.state`; every refusal goes
+through the one responder of protocol/edge.py, in the shape of the route's protocol family.
 """
 
 from __future__ import annotations
@@ -75,10 +74,16 @@ def _service(request: Request) -> EnclaveService:
 # --- routes ---------------------------------------------------------------------------------------------
 
 
+async def _inference_reply(request: Request, v2_model: str | None) -> Response:
+    """The fast path's handler, answered through FastAPI (when the edge does not take the route)."""
+    state = _state(request)
+    status, payload = run_endpoint(state.endpoints, v2_model, await request.body())
+    return Response(payload, status_code=status, media_type=_JSON, headers=state.extra_headers)
+
+
 async def post_infer(request: Request) -> Response:
     """Run a model and sign the answer (served by the fast path; documented and runnable here too)."""
-    status, payload = run_endpoint(_state(request).endpoints, None, await request.body())
-    return Response(payload, status_code=status, media_type=_JSON, headers=_state(request).extra_headers)
+    return await _inference_reply(request, None)
 
 
 NONCE_QUERY = Query(
@@ -170,8 +175,7 @@ async def v2_model_ready(request: Request, name: str) -> Response:
 
 async def v2_infer(request: Request, name: str) -> Response:
     """KServe V2 inference; the receipt is in `parameters` (served by the fast path)."""
-    status, payload = run_endpoint(_state(request).endpoints, name, await request.body())
-    return Response(payload, status_code=status, media_type=_JSON, headers=_state(request).extra_headers)
+    return await _inference_reply(request, name)
 
 
 def _body(model: type[Any]) -> dict[str, Any]:

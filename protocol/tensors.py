@@ -15,6 +15,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ MAX_RANK = 255
 
 
 class TensorEncodingError(ProtocolError):
-    """Bytes that are not exactly one canonical tensor encoding."""
+    """Bytes that are not exactly one canonical tensor encoding, or JSON tensors that cannot become one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,4 +124,26 @@ def decode_tensors(data: bytes) -> list[tuple[str, np.ndarray]]:
         position = dims_end + size
     if position != len(data):
         raise TensorEncodingError("trailing bytes after the last tensor")
+    return tensors
+
+
+def tensors_from_json(items: Any, what: str = "tensor") -> list[tuple[str, np.ndarray]]:
+    """Named arrays from tensors that say everything about themselves, as /infer and V2 answers (and V2
+    requests) carry them: {name, datatype (V2 name), shape, data}, in the given order. The one reader
+    used wherever a hash is recomputed from JSON (the offline verifier, the relay)."""
+    if not isinstance(items, list):
+        raise TensorEncodingError(f"{what}s must be a list of tensors")
+    tensors = []
+    for item in items:
+        dtype = BY_V2.get(str(item.get("datatype"))) if isinstance(item, dict) else None
+        if dtype is None:
+            raise TensorEncodingError(f"{what} tensor without a known datatype: {item!r:.80}")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise TensorEncodingError(f"{what} tensor without a name: {item!r:.80}")
+        try:
+            array = np.asarray(item["data"], dtype=dtype.numpy).reshape(item["shape"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise TensorEncodingError(f"{what} tensor {name!r:.40} does not encode: {exc}") from exc
+        tensors.append((name, array))
     return tensors

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import Web3Exception
@@ -25,7 +24,7 @@ from web3.exceptions import Web3Exception
 from protocol import merkle
 from protocol.hashing import keccak256
 from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
-from protocol.tensors import BY_V2, decode_tensors, encode_tensors
+from protocol.tensors import decode_tensors, encode_tensors, tensors_from_json
 
 from .chain import ChainError, GasPriceTooHigh, SignedTx, TxSender
 from .http_client import Limits, OutboundError, request
@@ -101,12 +100,7 @@ class EnclaveClient:
 
 
 def output_encoding(outputs: list[dict[str, Any]]) -> bytes:
-    return encode_tensors(
-        [
-            (o["name"], np.asarray(o["data"], dtype=BY_V2[o["datatype"]].numpy).reshape(o["shape"]))
-            for o in outputs
-        ]
-    )
+    return encode_tensors(tensors_from_json(outputs, "output"))
 
 
 class Relay:

@@ -84,3 +84,20 @@ def test_decoder_rejects_garbage_with_value_error(data: bytes) -> None:
 def test_unsupported_dtype() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         encode_tensors([("s", np.array(["text"]))])
+
+
+def test_json_tensors_become_named_arrays_or_a_tensor_encoding_error() -> None:
+    from protocol.tensors import TensorEncodingError, tensors_from_json
+
+    ((name, array),) = tensors_from_json([{"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}])
+    assert name == "y" and array.dtype == np.float32 and array.shape == (1, 2)
+    for bad in (
+        None,
+        [{"datatype": "FP32", "shape": [1], "data": [1]}],  # no name: was an AttributeError in verify
+        [{"name": "y", "datatype": "XX", "shape": [1], "data": [1]}],
+        [{"name": "y", "datatype": "FP32", "shape": [3], "data": [1]}],
+        [{"name": "y", "datatype": "FP32", "data": [1]}],
+        [{"name": "y", "datatype": "FP32", "shape": [1], "data": ["a"]}],
+    ):
+        with pytest.raises(TensorEncodingError):
+            tensors_from_json(bad)

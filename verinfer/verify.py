@@ -27,8 +27,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
-import numpy as np
-
 from attestation import AttestationError, Policy, decode, verify
 from attestation.encoding import read_document_bytes
 from protocol.addresses import address_of, checksum_address
@@ -38,7 +36,7 @@ from protocol.images import image_id
 from protocol.inputs import parse_inputs
 from protocol.manifest import Manifest, ModelEntry, parse_manifest
 from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
-from protocol.tensors import BY_V2, encode_tensors
+from protocol.tensors import BY_V2, encode_tensors, tensors_from_json
 
 Status = Literal["pass", "fail", "skipped"]
 Verdict = Literal["VERIFIED", "UNPINNED", "REJECTED"]
@@ -223,21 +221,7 @@ def receipt_of(response: Any) -> Any:
 
 def output_hash(outputs: Any) -> bytes:
     """outputHash recomputed from response tensors ({name, datatype, shape, data}), in response order."""
-    if not isinstance(outputs, list):
-        raise ValueError("outputs must be a list of tensors")
-    return keccak256(encode_tensors(_described_tensors(outputs, "output")))
-
-
-def _described_tensors(items: list[Any], what: str) -> list[tuple[str, np.ndarray]]:
-    """Tensors that say everything about themselves: {name, datatype (V2), shape, data}."""
-    tensors = []
-    for item in items:
-        dtype = BY_V2.get(str(item.get("datatype"))) if isinstance(item, dict) else None
-        if dtype is None:
-            raise ValueError(f"{what} tensor without a known datatype: {item!r:.80}")
-        array = np.asarray(item["data"], dtype=dtype.numpy).reshape(item["shape"])
-        tensors.append((item["name"], array))
-    return tensors
+    return keccak256(encode_tensors(tensors_from_json(outputs, "output")))
 
 
 def self_describing(inputs: Any) -> TypeGuard[list[Any]]:
@@ -446,7 +430,7 @@ def _check_described_inputs(report: VerificationReport, inputs: list[Any], expec
     """Inputs encoded from their own datatype and shape (no manifest): the enclave hashes them in the
     model's declared order, so with several inputs each order is tried (a match in any order is a proof)."""
     try:
-        tensors = _described_tensors(inputs, "input")
+        tensors = tensors_from_json(inputs, "input")
     except (ValueError, TypeError, KeyError) as exc:
         report.add("input_hash", "fail", f"request inputs do not encode: {exc}")
         return
