@@ -132,9 +132,12 @@ class EnclaveService:
                 410, "receipts_evicted", f"receipts before {self.receipt_log_start} are no longer kept"
             )
         offset = start - self.receipt_log_start
-        if offset >= len(self.receipt_log):  # also keeps islice's arguments below sys.maxsize
-            return {"from": start, "count": 0, "next": start}
-        batch = list(itertools.islice(self.receipt_log, offset, offset + min(limit, MAX_BATCH)))
+        # Past the log's end, nothing to slice (and islice's arguments must stay below sys.maxsize).
+        batch = (
+            list(itertools.islice(self.receipt_log, offset, offset + min(limit, MAX_BATCH)))
+            if offset < len(self.receipt_log)
+            else []
+        )
         if not batch:
             return {"from": start, "count": 0, "next": start}
         root = merkle.root([r.receipt.digest() for r in batch])
