@@ -12,7 +12,7 @@ from . import cbor
 from .cose import CoseSign1, decode_sign1
 from .errors import malformed
 
-PCR_LENGTHS = frozenset((32, 48, 64))
+PCR_LENGTH = 48  # SHA384, the only digest a Nitro document may name (see _digest)
 MAX_PCRS = 32
 MAX_OPTIONAL_FIELD = 1024
 MAX_MODULE_ID = 256
@@ -141,8 +141,9 @@ def _pcrs(value: Any) -> dict[int, bytes]:
     for index, digest in value.items():
         if type(index) is not int or not 0 <= index < MAX_PCRS:
             raise malformed("pcrs", f"PCR index {index!r} is not in 0..{MAX_PCRS - 1}")
-        if not isinstance(digest, bytes) or len(digest) not in PCR_LENGTHS:
-            raise malformed("pcrs", f"PCR{index} must be 32, 48 or 64 bytes")
+        if not isinstance(digest, bytes) or len(digest) != PCR_LENGTH:
+            # One length for all: mixed 32/64-byte PCRs would make keccak(PCR0 || PCR1 || PCR2) ambiguous.
+            raise malformed("pcrs", f"PCR{index} must be {PCR_LENGTH} bytes (SHA384)")
     return value
 
 

@@ -10,6 +10,7 @@ in the registry's domain (name "verinfer-registry", version "1", chainId, verify
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -136,12 +137,10 @@ async def fetch_attestation_async(enclave_url: str, nonce: bytes, *, timeout: fl
 
 def check_attestation(document: bytes, policy: Policy, nonce: bytes, source: str) -> VerifiedAttestation:
     """Verify a document that must carry `nonce` (ours, so it cannot be a replay) and bind an enclave key."""
-    checked = Policy(
-        root=policy.root,
-        expected_pcrs=policy.expected_pcrs,
+    checked = dataclasses.replace(
+        policy,
         max_age_s=policy.max_age_s if policy.max_age_s is not None else 60.0,
         expected_nonce=nonce,
-        allow_debug=policy.allow_debug,
     )
     try:
         result = verify(document, checked)

@@ -6,7 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from attestation.measure import ZERO_PCR, MeasuredFile, extend, measure_files, measure_tree
+from protocol.images import image_id
 
 
 def make_tree(root: Path) -> None:
@@ -98,3 +101,11 @@ def test_simulated_document_carries_the_measurement(tmp_path: Path, sim_pki) -> 
     with pytest.raises(AttestationError) as info:
         verify(changed_nsm.attestation(), Policy(root=sim_pki.root, expected_pcrs=measurement.pcrs))
     assert info.value.code == "pcr_mismatch"
+
+
+def test_image_id_refuses_pcrs_that_are_not_48_bytes() -> None:
+    """(32, 64, 48) and (48, 48, 48) concatenate to the same 144 bytes: only SHA384 PCRs make an image id."""
+    blob = bytes(range(144))
+    assert len(image_id({0: blob[:48], 1: blob[48:96], 2: blob[96:]})) == 32
+    with pytest.raises(ValueError, match="48 bytes"):
+        image_id({0: blob[:32], 1: blob[32:96], 2: blob[96:]})

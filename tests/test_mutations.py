@@ -145,6 +145,9 @@ def test_unknown_payload_field_is_rejected() -> None:
         ("timestamp", True, "malformed:timestamp"),
         ("pcrs", {}, "malformed:pcrs"),
         ("pcrs", {0: b"\x00" * 47}, "malformed:pcrs"),
+        # 32/64-byte PCRs under a SHA384 digest: keccak(PCR0 || PCR1 || PCR2) would be ambiguous (issue 11)
+        ("pcrs", {0: b"\x00" * 32, 1: b"\x00" * 64, 2: b"\x00" * 48}, "malformed:pcrs"),
+        ("pcrs", {0: b"\x00" * 64}, "malformed:pcrs"),
         ("pcrs", {32: b"\x00" * 48}, "malformed:pcrs"),
         ("certificate", "text", "malformed:certificate"),
         ("certificate", b"\x30\x00", "malformed:certificate"),
