@@ -19,10 +19,11 @@ from web3.logs import DISCARD
 from attestation import Policy, TrustedRoot
 from protocol import merkle
 from protocol.images import image_id
+from protocol.onchain import fulfilment_id
 from protocol.receipts import SignedReceipt
 from protocol.tensors import encode_tensors
 from relay.chain import TxSender, connect
-from relay.deployment import configure, deploy_verifier
+from relay.deployment import configure, deploy_verifier, served_approvals
 from relay.registration import attest_enclave, sign_registration
 from verinfer.processes import ANVIL_KEYS, batch_token_args, bearer, running_anvil, running_server
 
@@ -49,14 +50,13 @@ def main() -> None:
         verifier_key = Account.from_key(ANVIL_KEYS[1])
         contract = deploy_verifier(admin)
         attested = attest_enclave(enclave, Policy(root=TrustedRoot.from_file(Path(tmp) / "pki" / "root.pem")))
-        models = {
-            m["name"]: bytes.fromhex(m["sha256"]) for m in httpx.get(f"{enclave}/models").json()["models"]
-        }
+        served = httpx.get(f"{enclave}/models").json()["models"]
+        models = {m["name"]: bytes.fromhex(m["sha256"]) for m in served}
         configure(
             admin,
             contract,
             images=[image_id(dict(attested.pcrs))],
-            models=models.values(),
+            models=served_approvals(served),
             attestation_verifiers=[verifier_key.address],
         )
         registration = sign_registration(
@@ -89,7 +89,12 @@ def main() -> None:
         tensors = [{"name": "features", "shape": [1, 4], "data": [6.7, 3.0, 5.2, 2.3]}]
         answer = httpx.post(
             f"{enclave}/infer",
-            json={"model": "iris-mlp", "inputs": tensors, "request_id": "0x" + bytes(request_id).hex()},
+            json={
+                "model": "iris-mlp",
+                "inputs": tensors,
+                # The receipt names the fulfiller (protocol/onchain.py), so a copied fulfil pays no one else.
+                "request_id": "0x" + fulfilment_id(bytes(request_id), relay.account.address).hex(),
+            },
         ).json()
         answer_receipt = SignedReceipt.from_json(answer["receipt"])
         output = encode_tensors(

@@ -28,14 +28,27 @@ const sources = {};
 for (const file of [...solidityFiles(join(here, "src")), ...solidityFiles(join(here, "test"))].sort()) {
   sources[relative(here, file)] = { content: readFileSync(file, "utf8") };
 }
-const output = JSON.parse(solc.compile(JSON.stringify({ language: "Solidity", sources, settings })));
+// Imports outside contracts/ resolve only to pinned npm packages (package.json): "@openzeppelin/..." is read
+// from node_modules, so the build sees exactly the version in package-lock.json.
+const nodeModules = join(here, "..", "node_modules");
+function findImport(path) {
+  if (!path.startsWith("@openzeppelin/contracts/")) return { error: `import outside contracts/: ${path}` };
+  const file = join(nodeModules, path);
+  if (!existsSync(file)) return { error: `not installed (run npm install): ${path}` };
+  return { contents: readFileSync(file, "utf8") };
+}
+const input = JSON.stringify({ language: "Solidity", sources, settings });
+const output = JSON.parse(solc.compile(input, { import: findImport }));
 const errors = (output.errors || []).filter((e) => e.severity === "error");
-for (const message of output.errors || []) console.error(message.formattedMessage);
+// Warnings about the pinned packages' own sources are theirs to fix, not ours: only ours are shown.
+const ours = (e) => e.severity === "error" || !e.sourceLocation || e.sourceLocation.file in sources;
+for (const message of (output.errors || []).filter(ours)) console.error(message.formattedMessage);
 if (errors.length) process.exit(2);
 
 let stale = [];
 if (!check) mkdirSync(artifactsDir, { recursive: true });
 for (const [sourceName, contracts] of Object.entries(output.contracts)) {
+  if (!(sourceName in sources)) continue; // imported packages (OpenZeppelin): compiled in, no artifacts of their own
   for (const [contractName, compiled] of Object.entries(contracts)) {
     if (!compiled.evm.bytecode.object) continue; // interfaces and libraries with only internal functions
     const artifact = {

@@ -16,7 +16,7 @@ from web3.contract import Contract
 from attestation import Policy, TrustedRoot
 from protocol.images import image_id
 from relay.chain import TxSender, connect, deploy
-from relay.deployment import configure, deploy_verifier
+from relay.deployment import configure, deploy_verifier, served_approvals
 from relay.registration import attest_enclave, sign_registration, submit_registration
 from verinfer.processes import ANVIL_KEYS, running_anvil
 
@@ -33,6 +33,7 @@ class Chain:
     harness: Contract
     image: bytes
     models: dict[str, bytes]
+    layouts: dict[bytes, bytes]  # modelHash -> approved output layout
     enclave: str
 
     def senders(self) -> list[TxSender]:
@@ -61,11 +62,11 @@ def chain(anvil: str, server: str, server_pki: Path) -> Chain:
     harness = deploy(admin, "CodecHarness")
     policy = Policy(root=TrustedRoot.from_file(server_pki / "root.pem"))
     attested = attest_enclave(server, policy)
-    models = {m["name"]: bytes.fromhex(m["sha256"]) for m in httpx.get(f"{server}/models").json()["models"]}
+    served = httpx.get(f"{server}/models").json()["models"]
+    models = {m["name"]: bytes.fromhex(m["sha256"]) for m in served}
+    layouts = served_approvals(served)
     image = image_id(dict(attested.pcrs))
-    configure(
-        admin, contract, images=[image], models=models.values(), attestation_verifiers=[verifier_key.address]
-    )
+    configure(admin, contract, images=[image], models=layouts, attestation_verifiers=[verifier_key.address])
     registration = sign_registration(
         verifier_key, attested, chain_id=w3.eth.chain_id, contract=contract.address
     )
@@ -81,6 +82,7 @@ def chain(anvil: str, server: str, server_pki: Path) -> Chain:
         harness,
         image,
         models,
+        layouts,
         enclave,
     )
 

@@ -16,6 +16,7 @@ from web3.logs import DISCARD
 from attestation import Policy, TrustedRoot
 from protocol import merkle
 from protocol.hashing import keccak256
+from protocol.onchain import fulfilment_id, output_layout
 from protocol.receipts import SignedReceipt
 from protocol.tensors import BY_V2, decode_tensors, encode_tensors
 from relay.chain import ChainError, custom_error, deploy
@@ -82,9 +83,21 @@ def test_solidity_decodes_the_tensor_vectors(chain: Chain, vector: dict) -> None
 
 @pytest.mark.parametrize("bad", ["", "02", "0101", "010101", "01010161070100", "0101016101010000000100"])
 def test_solidity_rejects_bad_encodings(chain: Chain, bad: str) -> None:
+    for function in (chain.harness.functions.decode, chain.harness.functions.layoutHash):
+        with pytest.raises(Exception) as info:
+            function(bytes.fromhex(bad)).call()
+        assert custom_error(info.value, "CodecHarness") == "InvalidTensorEncoding"
+
+
+def test_layout_hash_survives_hostile_dimensions(chain: Chain) -> None:
+    """Dimensions whose product overflows 256 bits are an encoding error, not an arithmetic panic."""
+    dims = (0xFFFFFFFF).to_bytes(4, "big") * 9
+    bad = bytes.fromhex("0101016101") + bytes((9,)) + dims
     with pytest.raises(Exception) as info:
-        chain.harness.functions.decode(bytes.fromhex(bad)).call()
+        chain.harness.functions.layoutHash(bad).call()
     assert custom_error(info.value, "CodecHarness") == "InvalidTensorEncoding"
+    empty = bytes.fromhex("0101016101") + bytes((3,)) + (0xFFFFFFFF).to_bytes(4, "big") * 2 + bytes(4)
+    assert chain.harness.functions.layoutHash(empty).call() == output_layout([("a", "float32")])
 
 
 def test_solidity_argmax_float32(chain: Chain) -> None:
@@ -113,6 +126,35 @@ def test_solidity_merkle_matches_python(chain: Chain) -> None:
     assert not chain.harness.functions.verifyProof(merkle.proof(leaves, 0), root, leaves[1]).call()
 
 
+ONCHAIN = json.loads((VECTORS / "onchain.json").read_text())
+
+
+@pytest.mark.parametrize("vector", ONCHAIN["layouts"], ids=lambda v: v["label"])
+def test_output_layout_vectors_on_both_sides(chain: Chain, vector: dict) -> None:
+    """protocol.onchain.output_layout and TensorCodec.layoutHash (from an encoding) agree with the vector."""
+    outputs = [(o["name"], o["dtype"]) for o in vector["outputs"]]
+    assert "0x" + output_layout(outputs).hex() == vector["layout"]
+    encoding = bytes.fromhex(vector["encoding"][2:])
+    assert [(n, str(a.dtype)) for n, a in decode_tensors(encoding)] == outputs
+    assert "0x" + chain.harness.functions.layoutHash(encoding).call().hex() == vector["layout"]
+
+
+def test_output_layout_vectors_match_the_approved_models(chain: Chain) -> None:
+    by_label = {v["label"]: bytes.fromhex(v["layout"][2:]) for v in ONCHAIN["layouts"]}
+    assert by_label["iris-ols"] == chain.layouts[chain.models["iris-ols"]]
+    assert by_label["iris-mlp output"] == chain.layouts[chain.models["iris-mlp"]]
+    assert by_label["mnist-lenet"] == chain.layouts[chain.models["mnist-lenet"]]
+    assert by_label["iris-mlp outputs reordered"] != by_label["iris-mlp output"]
+
+
+@pytest.mark.parametrize("vector", ONCHAIN["fulfilmentIds"], ids=lambda v: v["label"])
+def test_fulfilment_id_vectors_on_both_sides(chain: Chain, vector: dict) -> None:
+    request_id = bytes.fromhex(vector["requestId"][2:])
+    assert "0x" + fulfilment_id(request_id, vector["fulfiller"]).hex() == vector["fulfilmentId"]
+    ours = chain.contract.functions.fulfilmentId(request_id, vector["fulfiller"]).call()
+    assert "0x" + ours.hex() == vector["fulfilmentId"]
+
+
 # --- registration ------------------------------------------------------------------------------------------
 
 
@@ -130,8 +172,8 @@ def test_registration_digest_matches_the_contract(chain: Chain) -> None:
 
 
 def test_registered_enclave(chain: Chain) -> None:
-    image, expires_at, user_data_hash = chain.contract.functions.enclaves(chain.enclave).call()
-    assert image == chain.image and expires_at > 0 and len(user_data_hash) == 32
+    image, expires_at, epoch, user_data_hash = chain.contract.functions.enclaves(chain.enclave).call()
+    assert image == chain.image and expires_at > 0 and epoch == 0 and len(user_data_hash) == 32
 
 
 def test_registration_by_an_untrusted_verifier(snapshot: Chain, server: str, server_pki: Path) -> None:
@@ -177,7 +219,9 @@ def test_registration_with_a_short_key(snapshot: Chain) -> None:
 
 
 def test_admin_only(snapshot: Chain) -> None:
-    reverts_with("NotAdmin", snapshot.contract.functions.approveImage(bytes(32)), snapshot.user)
+    reverts_with(
+        "OwnableUnauthorizedAccount", snapshot.contract.functions.approveImage(bytes(32)), snapshot.user
+    )
 
 
 # --- receipts ----------------------------------------------------------------------------------------------
@@ -295,14 +339,17 @@ def lenet_request_input() -> tuple[bytes, int]:
 
 
 def fulfil_through_enclave(
-    chain: Chain, server: str, request_id: bytes, model: str, encoding: bytes
+    chain: Chain, server: str, request_id: bytes, model: str, encoding: bytes, fulfiller: str | None = None
 ) -> tuple:
+    """The output encoding and the enclave's receipt over it, for `fulfiller` (the relay by default) to
+    fulfil on-chain request `request_id`: the receipt carries fulfilment_id(request_id, fulfiller)."""
     tensors = decode_tensors(encoding)
+    receipt_id = fulfilment_id(request_id, fulfiller or chain.relay.account.address)
     body = httpx.post(
         f"{server}/infer",
         json={
             "model": model,
-            "request_id": "0x" + request_id.hex(),
+            "request_id": "0x" + receipt_id.hex(),
             "inputs": [{"name": n, "shape": list(a.shape), "data": a.ravel().tolist()} for n, a in tensors],
         },
     ).json()

@@ -1,16 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
 import {EnclaveRegistry} from "./EnclaveRegistry.sol";
 import {IInferenceConsumer} from "./IInferenceConsumer.sol";
 import {ReceiptLib} from "./ReceiptLib.sol";
+import {TensorCodec} from "./TensorCodec.sol";
 
 /// @title InferenceVerifier
 /// @notice Verifies enclave-signed inference receipts, anchors them (singly or as Merkle batches), and
 ///         serves inference requests from contracts: a relay fulfils them with an attested enclave's signed
 ///         output and the requester is called back. Relays are trusted for liveness only: every fulfilment
-///         is checked against a registered enclave of an approved image and model.
-contract InferenceVerifier is EnclaveRegistry {
+///         is checked against a registered enclave of an approved image and model, the receipt names the
+///         fulfiller (fulfilmentId), and the output must be the model's complete output layout.
+contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
     using ReceiptLib for ReceiptLib.Receipt;
 
     enum Status {
@@ -40,16 +45,26 @@ contract InferenceVerifier is EnclaveRegistry {
     uint64 public constant MIN_TIMEOUT = 60;
     uint64 public constant MAX_TIMEOUT = 30 days;
     uint256 public constant MAX_INPUT_BYTES = 64 * 1024;
-    /// Gas kept back after the callback so fulfil can finish (EIP-150 leaves 1/64 with the caller).
-    uint256 private constant CALLBACK_RESERVE = 20_000;
+    /// Gas a plain payment may use: enough for a smart wallet's receive() that emits an event, too little to
+    /// do harm. A payee that needs more is credited instead and withdraws (pull payment).
+    uint256 public constant PAYMENT_GAS = 10_000;
+    /// Gas spent between the gas check and the callback's first instruction: the opcodes from gasleft() to
+    /// the CALL (measured: 60) and the warm CALL itself (100), with margin.
+    uint256 public constant CALLBACK_OVERHEAD = 1_000;
+    /// Gas fulfil needs after the callback returns, in its worst case: the callback burnt all its gas, the
+    /// fee payment burnt all of PAYMENT_GAS and failed, so the fee is credited to a fresh `owed` slot and two
+    /// events are emitted. Measured with a trace at 46,084 (tests/test_contract_attacks.py), rounded up.
+    uint256 public constant AFTER_CALLBACK_RESERVE = 60_000;
 
     uint256 public requestCount;
     mapping(bytes32 requestId => Request) public requests;
     mapping(bytes32 receiptDigest => address enclave) public anchoredReceipts;
     mapping(bytes32 root => Batch) public batches;
+    /// Payments that could not be pushed (the payee refused or needed more than PAYMENT_GAS): see withdraw.
+    mapping(address payee => uint256 amount) public owed;
 
-    error InvalidSignature();
     error ReceiptSignerMismatch(address expected, address recovered);
+    error IncompleteOutput(bytes32 expected, bytes32 actual);
     error AlreadyAnchored(bytes32 digest);
     error UnknownBatch(bytes32 root);
     error EmptyBatch();
@@ -63,6 +78,7 @@ contract InferenceVerifier is EnclaveRegistry {
     error InvalidTimeout(uint64 timeout);
     error InputTooLarge(uint256 length);
     error InsufficientGasForCallback(uint256 available, uint256 needed);
+    error NothingOwed(address payee);
     error TransferFailed(address to, uint256 amount);
 
     event ReceiptAnchored(
@@ -94,6 +110,8 @@ contract InferenceVerifier is EnclaveRegistry {
         bool callbackSucceeded
     );
     event InferenceCancelled(bytes32 indexed requestId, address indexed requester, uint256 refund);
+    event PaymentDeferred(address indexed payee, uint256 amount);
+    event Withdrawn(address indexed payee, address indexed to, uint256 amount);
 
     constructor(address admin_, uint64 maxAttestationAgeMs_, uint64 enclaveTtl_)
         EnclaveRegistry(admin_, maxAttestationAgeMs_, enclaveTtl_)
@@ -104,6 +122,18 @@ contract InferenceVerifier is EnclaveRegistry {
         return receipt.digest();
     }
 
+    /// @notice The request id a receipt must carry for `fulfiller` to fulfil on-chain request `requestId`:
+    ///         keccak256(abi.encode(requestId, fulfiller)) (protocol/onchain.py fulfilment_id). Binding the
+    ///         fulfiller into what the enclave signs makes a copied pending fulfil worthless to anyone else.
+    function fulfilmentId(bytes32 requestId, address fulfiller) public pure returns (bytes32) {
+        return keccak256(abi.encode(requestId, fulfiller));
+    }
+
+    /// @notice The request `requestId` (status None if there is none).
+    function getRequest(bytes32 requestId) external view returns (Request memory) {
+        return requests[requestId];
+    }
+
     /// @notice Checks a receipt: signed by a live registered enclave of an approved image, for an approved model.
     /// @return enclave The signing enclave. Reverts with the reason otherwise.
     function verifyReceipt(ReceiptLib.Receipt calldata receipt, bytes calldata signature)
@@ -111,8 +141,7 @@ contract InferenceVerifier is EnclaveRegistry {
         view
         returns (address enclave)
     {
-        enclave = ReceiptLib.recover(receipt.digest(), signature);
-        if (enclave == address(0)) revert InvalidSignature();
+        enclave = _recover(receipt.digest(), signature);
         _requireValid(enclave, receipt.modelHash);
     }
 
@@ -132,18 +161,19 @@ contract InferenceVerifier is EnclaveRegistry {
     }
 
     /// @notice Anchors a Merkle root over `count` receipt digests, signed by the enclave that issued them.
-    /// @dev Leaves are receipt digests; parents are keccak256 of the sorted pair (ReceiptLib.verifyProof).
+    /// @dev Leaves are receipt digests; parents are keccak256 of the sorted pair (OpenZeppelin MerkleProof).
     function anchorBatch(bytes32 root, uint32 count, bytes calldata signature) external {
         if (count == 0) revert EmptyBatch();
         if (batches[root].enclave != address(0)) revert AlreadyAnchored(root);
-        address enclave = ReceiptLib.recover(ReceiptLib.batchDigest(root, count), signature);
-        if (enclave == address(0)) revert InvalidSignature();
+        address enclave = _recover(ReceiptLib.batchDigest(root, count), signature);
         requireLiveEnclave(enclave);
         batches[root] = Batch(enclave, count, uint64(block.timestamp));
         emit BatchAnchored(root, enclave, count);
     }
 
-    /// @notice Proves `receipt` belongs to the anchored batch `root`, and that its model is approved.
+    /// @notice Proves `receipt` belongs to the anchored batch `root`, with the same checks as verifyReceipt:
+    ///         the batch's enclave must be live now (a batch anchored before a revocation proves nothing
+    ///         after it) and the model approved.
     /// @return enclave The enclave that signed the batch.
     function proveReceipt(ReceiptLib.Receipt calldata receipt, bytes32 root, bytes32[] calldata proof)
         external
@@ -153,20 +183,20 @@ contract InferenceVerifier is EnclaveRegistry {
         enclave = batches[root].enclave;
         if (enclave == address(0)) revert UnknownBatch(root);
         bytes32 leaf = receipt.digest();
-        if (!ReceiptLib.verifyProof(proof, root, leaf)) revert InvalidProof(root, leaf);
-        if (!approvedModels[receipt.modelHash]) revert ModelNotApproved(receipt.modelHash);
+        if (!MerkleProof.verifyCalldata(proof, root, leaf)) revert InvalidProof(root, leaf);
+        _requireValid(enclave, receipt.modelHash);
     }
 
     /// @notice Asks for an inference of `modelHash` on `input`; the fee (msg.value) pays the fulfiller.
     /// @param input The canonical tensor encoding of the model's inputs, in its declared order.
-    /// @param callbackGasLimit Gas for onInferenceResult (if the requester is a contract).
+    /// @param callbackGasLimit Gas for onInferenceResult (if the requester is a contract; 0 = no callback).
     /// @param timeout Seconds after which the requester may cancel for a refund.
     function requestInference(bytes32 modelHash, bytes calldata input, uint32 callbackGasLimit, uint64 timeout)
         external
         payable
         returns (bytes32 requestId)
     {
-        if (!approvedModels[modelHash]) revert ModelNotApproved(modelHash);
+        if (modelLayouts[modelHash] == bytes32(0)) revert ModelNotApproved(modelHash);
         if (callbackGasLimit > MAX_CALLBACK_GAS) revert CallbackGasTooHigh(callbackGasLimit, MAX_CALLBACK_GAS);
         if (timeout < MIN_TIMEOUT || timeout > MAX_TIMEOUT) revert InvalidTimeout(timeout);
         if (input.length > MAX_INPUT_BYTES) revert InputTooLarge(input.length);
@@ -178,77 +208,128 @@ contract InferenceVerifier is EnclaveRegistry {
         emit InferenceRequested(requestId, msg.sender, modelHash, inputHash, input, callbackGasLimit, msg.value, deadline);
     }
 
-    /// @notice Fulfils a pending request with an enclave's output and receipt signature, pays the caller
-    ///         the fee and calls the requester back. A reverting callback does not undo the fulfilment.
+    /// @notice Fulfils a pending request with an enclave's output and receipt signature, calls the requester
+    ///         back and pays the caller the fee. A reverting callback does not undo the fulfilment, but a
+    ///         callback that could not be given its full gas reverts the whole fulfil.
+    /// @dev The receipt must be over Receipt(fulfilmentId(requestId, msg.sender), modelHash, inputHash,
+    ///      keccak256(output), timestampMs), and `output` must have exactly the model's approved layout.
     /// @param enclave The enclave the relay claims signed (so a mismatch is reported as such).
     function fulfill(bytes32 requestId, bytes calldata output, uint64 timestampMs, address enclave, bytes calldata signature)
         external
+        nonReentrant
     {
         bytes32 outputHash = keccak256(output);
         (address requester, uint256 fee, uint256 callbackGas) =
-            _settle(requestId, outputHash, timestampMs, enclave, signature);
+            _settle(requestId, output, outputHash, timestampMs, enclave, signature);
         bool callbackSucceeded = _callback(requester, callbackGas, requestId, output);
-        if (fee > 0) _pay(msg.sender, fee);
         emit InferenceFulfilled(requestId, enclave, msg.sender, outputHash, timestampMs, callbackSucceeded);
+        _pay(msg.sender, fee);
     }
 
-    /// @dev Checks the receipt of a fulfilment and marks the request fulfilled (before any external call).
-    function _settle(bytes32 requestId, bytes32 outputHash, uint64 timestampMs, address enclave, bytes calldata signature)
-        private
-        returns (address requester, uint256 fee, uint256 callbackGas)
-    {
+    /// @dev Checks a fulfilment and marks the request fulfilled (before any external call).
+    function _settle(
+        bytes32 requestId,
+        bytes calldata output,
+        bytes32 outputHash,
+        uint64 timestampMs,
+        address enclave,
+        bytes calldata signature
+    ) private returns (address requester, uint256 fee, uint256 callbackGas) {
         Request storage request = requests[requestId];
-        if (request.status == Status.None) revert UnknownRequest(requestId);
-        if (request.status != Status.Pending) revert RequestNotPending(requestId, request.status);
+        Status status = request.status;
+        if (status == Status.None) revert UnknownRequest(requestId);
+        if (status != Status.Pending) revert RequestNotPending(requestId, status);
         if (block.timestamp > request.deadline) revert RequestExpired(requestId, request.deadline);
-        ReceiptLib.Receipt memory receipt =
-            ReceiptLib.Receipt(requestId, request.modelHash, request.inputHash, outputHash, timestampMs);
-        address recovered = ReceiptLib.recover(receipt.digest(), signature);
-        if (recovered == address(0)) revert InvalidSignature();
+        _requireCompleteOutput(request.modelHash, output);
+        address recovered = _fulfilmentSigner(requestId, request, outputHash, timestampMs, signature);
         if (recovered != enclave) revert ReceiptSignerMismatch(enclave, recovered);
-        _requireValid(enclave, request.modelHash);
+        requireLiveEnclave(enclave);
         request.status = Status.Fulfilled;
         fee = request.fee;
         request.fee = 0;
         return (request.requester, fee, request.callbackGasLimit);
     }
 
-    /// @dev Calls the requester back with the gas it asked for; its failure does not revert the fulfilment.
+    /// @dev The signer of the receipt that lets msg.sender fulfil `requestId` with output `outputHash`.
+    function _fulfilmentSigner(
+        bytes32 requestId,
+        Request storage request,
+        bytes32 outputHash,
+        uint64 timestampMs,
+        bytes calldata signature
+    ) private view returns (address) {
+        ReceiptLib.Receipt memory receipt = ReceiptLib.Receipt(
+            fulfilmentId(requestId, msg.sender), request.modelHash, request.inputHash, outputHash, timestampMs
+        );
+        return _recover(receipt.digest(), signature);
+    }
+
+    /// @dev Reverts unless `output` holds exactly the approved model's outputs (names, dtypes, order).
+    function _requireCompleteOutput(bytes32 modelHash, bytes calldata output) private view {
+        bytes32 expected = modelLayouts[modelHash];
+        if (expected == bytes32(0)) revert ModelNotApproved(modelHash);
+        bytes32 actual = TensorCodec.layoutHash(output);
+        if (actual != expected) revert IncompleteOutput(expected, actual);
+    }
+
+    /// @dev Calls the requester back with exactly the gas it asked for; its failure does not revert the
+    ///      fulfilment. The calldata is built first, so its memory expansion (large for a large output) is
+    ///      paid before the check; then EIP-150's rule (a CALL forwards at most 63/64 of what is left) is
+    ///      applied to what is left. The return data is never copied, so a callback cannot return-bomb us.
     function _callback(address requester, uint256 callbackGas, bytes32 requestId, bytes calldata output)
         private
-        returns (bool)
+        returns (bool success)
     {
-        if (requester.code.length == 0) return false;
-        uint256 needed = callbackGas + callbackGas / 63 + CALLBACK_RESERVE;
-        if (gasleft() < needed) revert InsufficientGasForCallback(gasleft(), needed);
-        try IInferenceConsumer(requester).onInferenceResult{gas: callbackGas}(requestId, output) {
-            return true;
-        } catch {
-            return false;
+        if (callbackGas == 0 || requester.code.length == 0) return false;
+        bytes memory data = abi.encodeCall(IInferenceConsumer.onInferenceResult, (requestId, output));
+        uint256 needed = callbackGas + callbackGas / 63 + 1 + CALLBACK_OVERHEAD + AFTER_CALLBACK_RESERVE;
+        uint256 available = gasleft();
+        if (available < needed) revert InsufficientGasForCallback(available, needed);
+        assembly ("memory-safe") {
+            success := call(callbackGas, requester, 0, add(data, 0x20), mload(data), 0, 0)
         }
     }
 
+    /// @dev Pays `amount` to `to` with a bounded stipend and no return-data copy; if the payee refuses (or
+    ///      needs more gas), credits it instead, so a payee can never block a fulfilment or a cancel.
     function _pay(address to, uint256 amount) private {
-        (bool paid,) = to.call{value: amount}("");
-        if (!paid) revert TransferFailed(to, amount);
+        if (amount == 0) return;
+        bool paid;
+        uint256 stipend = PAYMENT_GAS;
+        assembly ("memory-safe") {
+            paid := call(stipend, to, amount, 0, 0, 0, 0)
+        }
+        if (!paid) {
+            owed[to] += amount;
+            emit PaymentDeferred(to, amount);
+        }
     }
 
-    /// @notice Cancels an unfulfilled request after its deadline and refunds the fee to the requester.
-    function cancel(bytes32 requestId) external {
+    /// @notice Sends everything credited to the caller (see PaymentDeferred) to `to`, with all gas left.
+    function withdraw(address payable to) external nonReentrant {
+        uint256 amount = owed[msg.sender];
+        if (amount == 0) revert NothingOwed(msg.sender);
+        owed[msg.sender] = 0;
+        emit Withdrawn(msg.sender, to, amount);
+        bool sent;
+        assembly ("memory-safe") {
+            sent := call(gas(), to, amount, 0, 0, 0, 0)
+        }
+        if (!sent) revert TransferFailed(to, amount);
+    }
+
+    /// @notice Cancels an unfulfilled request after its deadline and refunds its fee to the requester (only).
+    function cancel(bytes32 requestId) external nonReentrant {
         Request storage request = requests[requestId];
-        if (request.status == Status.None) revert UnknownRequest(requestId);
+        Status status = request.status;
+        if (status == Status.None) revert UnknownRequest(requestId);
         if (request.requester != msg.sender) revert NotRequester(requestId, msg.sender);
-        if (request.status != Status.Pending) revert RequestNotPending(requestId, request.status);
+        if (status != Status.Pending) revert RequestNotPending(requestId, status);
         if (block.timestamp <= request.deadline) revert RequestNotExpired(requestId, request.deadline);
         request.status = Status.Cancelled;
         uint256 refund = request.fee;
         request.fee = 0;
-        _pay(msg.sender, refund);
         emit InferenceCancelled(requestId, msg.sender, refund);
-    }
-
-    function _requireValid(address enclave, bytes32 modelHash) private view {
-        requireLiveEnclave(enclave);
-        if (!approvedModels[modelHash]) revert ModelNotApproved(modelHash);
+        _pay(msg.sender, refund);
     }
 }

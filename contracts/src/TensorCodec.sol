@@ -10,6 +10,7 @@ library TensorCodec {
     error TensorNotFound(string name);
     error TensorIndexOutOfRange(uint256 index, uint256 length);
     error WrongTensorDtype(uint8 expected, uint8 actual);
+    error NonFiniteElement(uint256 index);
 
     uint8 internal constant FLOAT32 = 1;
     uint8 internal constant UINT8 = 2;
@@ -103,16 +104,89 @@ library TensorCodec {
         return uint32(element(enc, t, index));
     }
 
-    /// @notice Index of the largest of a float32 tensor's finite elements (IEEE order via sign-magnitude).
+    /// @notice Index of the largest element of a float32 tensor (IEEE order via sign-magnitude; the first
+    ///         of equal maxima, and -0 equals +0).
+    /// @dev Reverts NonFiniteElement on a NaN or an infinity rather than skipping it: a classifier whose
+    ///      scores are not finite has misbehaved, and a class picked from the remaining elements would look
+    ///      like a genuine answer. (Unchecked, NaN's bit pattern sorts above every finite number.)
     function argmaxFloat32(bytes memory enc, Tensor memory t) internal pure returns (uint256 best) {
         int256 bestKey = type(int256).min;
         for (uint256 i = 0; i < t.elements; ++i) {
             uint32 bits = float32BitsAt(enc, t, i);
+            if (bits & 0x7f800000 == 0x7f800000) revert NonFiniteElement(i);
             int256 key = bits & 0x80000000 != 0 ? -int256(uint256(bits & 0x7fffffff)) : int256(uint256(bits));
             if (key > bestKey) {
                 bestKey = key;
                 best = i;
             }
+        }
+    }
+
+    /// @notice keccak256 of the output layout of a whole encoding, checking the encoding on the way:
+    ///         u8 count || per tensor, in order: u8 nameLength || name || u8 dtype (protocol/onchain.py
+    ///         output_layout). Equal to a model's approved layout only if `enc` holds exactly its outputs.
+    /// @dev Reads calldata in place and touches only the headers, so a large output costs no memory copy:
+    ///      fulfil runs this on every output. Reverts InvalidTensorEncoding unless `enc` is exactly one valid
+    ///      encoding (as decode does). The layout is written to newly allocated memory of at most
+    ///      1 + 255 * 257 bytes; only the bytes written are paid for, and the allocation shrinks to them.
+    function layoutHash(bytes calldata enc) internal pure returns (bytes32 result) {
+        uint256 length = enc.length;
+        if (length < 2 || _byteAt(enc, 0) != 1) revert InvalidTensorEncoding(0);
+        uint256 count = _byteAt(enc, 1);
+        uint256 start;
+        assembly ("memory-safe") {
+            start := mload(0x40)
+            mstore(0x40, add(start, 65536)) // reserve the most a layout can take while it is written
+            mstore8(start, count)
+        }
+        uint256 q = start + 1;
+        uint256 p = 2;
+        // Unchecked: every offset is below calldata size plus 2^16, and `elements` below 2^32 * (length + 2).
+        unchecked {
+            for (uint256 t = 0; t < count; ++t) {
+                if (p >= length) revert InvalidTensorEncoding(p);
+                uint256 nameLength = _byteAt(enc, p);
+                if (p + 3 + nameLength > length) revert InvalidTensorEncoding(p);
+                assembly ("memory-safe") {
+                    calldatacopy(q, add(enc.offset, p), add(nameLength, 2)) // nameLength || name || dtype
+                }
+                q += nameLength + 2;
+                p += 1 + nameLength;
+                uint256 size = elementSize(uint8(_byteAt(enc, p)));
+                uint256 rank = _byteAt(enc, p + 1);
+                p += 2;
+                if (size == 0 || p + 4 * rank > length) revert InvalidTensorEncoding(p);
+                // Saturates at length + 1 (more elements than bytes cannot fit), so hostile dimensions cannot
+                // overflow, while a zero dimension still makes an empty tensor.
+                uint256 elements = 1;
+                for (uint256 d = 0; d < rank; ++d) {
+                    elements *= _be32At(enc, p);
+                    if (elements > length) elements = length + 1;
+                    p += 4;
+                }
+                uint256 next = p + elements * size;
+                if (next > length) revert InvalidTensorEncoding(p);
+                p = next;
+            }
+        }
+        if (p != length) revert InvalidTensorEncoding(p);
+        assembly ("memory-safe") {
+            result := keccak256(start, sub(q, start))
+            mstore(0x40, and(add(q, 31), not(31))) // keep only what was written
+        }
+    }
+
+    /// @dev The byte at `p` of `enc`; the caller has checked p < enc.length.
+    function _byteAt(bytes calldata enc, uint256 p) private pure returns (uint256 value) {
+        assembly ("memory-safe") {
+            value := byte(0, calldataload(add(enc.offset, p)))
+        }
+    }
+
+    /// @dev The big-endian u32 at `p` of `enc`; the caller has checked p + 4 <= enc.length.
+    function _be32At(bytes calldata enc, uint256 p) private pure returns (uint256 value) {
+        assembly ("memory-safe") {
+            value := shr(224, calldataload(add(enc.offset, p)))
         }
     }
 }

@@ -1,4 +1,4 @@
-"""Regenerate the shared test vectors (tensors.json, receipts.json) used by Python and Solidity tests.
+"""Regenerate the shared test vectors (tensors.json, receipts.json, onchain.json) used by Python and Solidity.
 
 Run: .venv/bin/python -m tests.vectors.generate. The vectors are committed; tests check the
 implementation still reproduces them byte for byte, so a change to the encoding cannot go unnoticed.
@@ -15,6 +15,7 @@ from coincurve import PrivateKey
 
 from protocol.addresses import address_of, checksum_address
 from protocol.hashing import keccak256
+from protocol.onchain import fulfilment_id, output_layout
 from protocol.receipts import DOMAIN_SEPARATOR, RECEIPT_TYPEHASH, Receipt
 from protocol.tensors import encode_tensors
 
@@ -94,10 +95,57 @@ def receipt_vectors() -> dict[str, object]:
     }
 
 
+# Output layouts: the served models' outputs (models/manifest.json) and edge cases of the format.
+LAYOUT_CASES: list[tuple[str, list[tuple[str, np.ndarray]]]] = [
+    ("iris-ols", [("petal_width", np.array([[1.8]], dtype=np.float32))]),
+    TENSOR_CASES[1],  # iris-mlp: probabilities (float32), label (int64)
+    (
+        "mnist-lenet",
+        [("logits", np.zeros((1, 10), dtype=np.float32)), ("digit", np.array([7], dtype=np.int64))],
+    ),
+    ("iris-mlp outputs reordered", [TENSOR_CASES[1][1][1], TENSOR_CASES[1][1][0]]),
+    ("one-byte name, uint8", [("x", np.array([1, 2], dtype=np.uint8))]),
+    ("255-byte name, bool", [("n" * 255, np.array([True]))]),
+    ("utf-8 name, float64", [("résultat", np.array([0.5], dtype=np.float64))]),
+]
+
+FULFILMENT_CASES = [
+    ("request 1, anvil account 2", keccak256(b"request 1"), "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
+    ("zero request, zero address", bytes(32), "0x0000000000000000000000000000000000000000"),
+    ("all ones", b"\xff" * 32, "0xFFfFfFffFFfffFFfFFfFFFFFffFFFffffFfFFFfF"),
+]
+
+
+def onchain_vectors() -> dict[str, object]:
+    """protocol/onchain.py's two rules, which InferenceVerifier.fulfilmentId and TensorCodec.layoutHash
+    must reproduce: each layout comes with an encoding whose layout it is."""
+    return {
+        "layouts": [
+            {
+                "label": label,
+                "outputs": [{"name": n, "dtype": str(a.dtype)} for n, a in tensors],
+                "encoding": "0x" + encode_tensors(tensors).hex(),
+                "layout": "0x" + output_layout((n, str(a.dtype)) for n, a in tensors).hex(),
+            }
+            for label, tensors in LAYOUT_CASES
+        ],
+        "fulfilmentIds": [
+            {
+                "label": label,
+                "requestId": "0x" + request_id.hex(),
+                "fulfiller": fulfiller,
+                "fulfilmentId": "0x" + fulfilment_id(request_id, fulfiller).hex(),
+            }
+            for label, request_id, fulfiller in FULFILMENT_CASES
+        ],
+    }
+
+
 def main() -> None:
     (HERE / "tensors.json").write_text(json.dumps(tensor_vectors(), indent=2) + "\n")
     (HERE / "receipts.json").write_text(json.dumps(receipt_vectors(), indent=2) + "\n")
-    print(f"wrote {HERE / 'tensors.json'} and {HERE / 'receipts.json'}")
+    (HERE / "onchain.json").write_text(json.dumps(onchain_vectors(), indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {HERE / 'tensors.json'}, {HERE / 'receipts.json'} and {HERE / 'onchain.json'}")
 
 
 if __name__ == "__main__":

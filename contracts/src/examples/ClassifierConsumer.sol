@@ -15,9 +15,13 @@ contract ClassifierConsumer is IInferenceConsumer {
 
     mapping(bytes32 requestId => int64) public labels;
     mapping(bytes32 requestId => bool) public answered;
+    /// Who asked for each pending request: the only one who may cancel it and take its refund.
+    mapping(bytes32 requestId => address asker) public askers;
     bytes32 public lastRequestId;
 
     error OnlyVerifier(address caller);
+    error NotAsker(bytes32 requestId, address caller);
+    error RefundFailed(address to, uint256 amount);
 
     event ClassificationRequested(bytes32 indexed requestId, bytes32 inputHash);
     event Classified(bytes32 indexed requestId, int64 label);
@@ -36,6 +40,7 @@ contract ClassifierConsumer is IInferenceConsumer {
     {
         requestId = verifier.requestInference{value: msg.value}(modelHash, input, callbackGasLimit, timeout);
         lastRequestId = requestId;
+        askers[requestId] = msg.sender;
         emit ClassificationRequested(requestId, keccak256(input));
     }
 
@@ -50,12 +55,22 @@ contract ClassifierConsumer is IInferenceConsumer {
         emit Classified(requestId, value);
     }
 
-    /// @notice Cancels a timed-out request and passes the refund back to the caller.
+    /// @notice Cancels a timed-out request of the caller's and passes that request's refund (only) back.
+    /// @dev The verifier refunds this contract, the requester; the refund is measured as the balance change
+    ///      across the cancel, so ether held for other requests never leaves. If the verifier had to credit
+    ///      the refund instead of sending it (InferenceVerifier.owed), nothing arrives and nothing is passed on.
     function cancel(bytes32 requestId) external {
+        if (askers[requestId] != msg.sender) revert NotAsker(requestId, msg.sender);
+        delete askers[requestId];
+        uint256 before = address(this).balance;
         verifier.cancel(requestId);
-        (bool paid,) = msg.sender.call{value: address(this).balance}("");
-        paid;
+        uint256 refund = address(this).balance - before;
+        if (refund > 0) {
+            (bool paid,) = msg.sender.call{value: refund}("");
+            if (!paid) revert RefundFailed(msg.sender, refund);
+        }
     }
 
+    /// @notice Takes verifier refunds (InferenceVerifier pays with a bounded stipend; this needs none).
     receive() external payable {}
 }
