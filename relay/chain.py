@@ -17,25 +17,26 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractConstructor, ContractFunction
-from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
+from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import Nonce, TxParams, Wei
 
 from protocol.hashing import keccak256
 
+from .errors import ChainError, GasPriceTooHigh
+
+__all__ = [
+    "ChainError",
+    "GasPriceTooHigh",
+    "SignedTx",
+    "TxSender",
+    "artifact",
+    "bind",
+    "connect",
+    "custom_error",
+    "deploy",
+]
 Call = ContractFunction | ContractConstructor
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"  # package data: ABI + bytecode from contracts/
-
-
-class ChainError(RuntimeError):
-    """A transaction reverted or could not be sent; `error` is the contract's custom error name if known."""
-
-    def __init__(self, message: str, error: str | None = None) -> None:
-        super().__init__(message)
-        self.error = error
-
-
-class GasPriceTooHigh(ChainError):
-    """The network's gas price is above the configured cap: wait rather than overpay."""
 
 
 @cache
@@ -49,7 +50,10 @@ def connect(rpc_url: str, timeout: float = 10.0) -> Web3:
 
 
 def bind(w3: Web3, name: str, address: str) -> Contract:
-    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=artifact(name)["abi"])
+    """The contract at `address`; structs and events decode to named tuples (read fields by name)."""
+    return w3.eth.contract(
+        address=Web3.to_checksum_address(address), abi=artifact(name)["abi"], decode_tuples=True
+    )
 
 
 @cache
@@ -79,12 +83,22 @@ class SignedTx:
 
 
 class TxSender:
-    """Builds, signs and sends transactions from one account; refuses gas prices above `gas_price_cap`."""
+    """Builds, signs and sends one-off transactions from one account (deployment, registration, tests);
+    refuses gas prices above `gas_price_cap`. The relay loop sends through relay.txmanager instead."""
 
-    def __init__(self, w3: Web3, account: LocalAccount, *, gas_price_cap: int | None = None) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        account: LocalAccount,
+        *,
+        gas_price_cap: int | None = None,
+        chain_id: int | None = None,
+    ) -> None:
+        """`chain_id` is signed into every transaction (default: the RPC node's)."""
         self.w3 = w3
         self.account = account
         self.gas_price_cap = gas_price_cap
+        self.chain_id = chain_id
         self._next_nonce: int | None = None
 
     def next_nonce(self) -> int:
@@ -117,7 +131,7 @@ class TxSender:
                     "nonce": Nonce(nonce),
                     "gas": int(gas * 1.25) + 20_000,
                     "gasPrice": Wei(self.gas_price()),
-                    "chainId": self.w3.eth.chain_id,
+                    "chainId": self.chain_id if self.chain_id is not None else self.w3.eth.chain_id,
                 }
             )
         )
@@ -128,9 +142,9 @@ class TxSender:
     def broadcast(self, tx: SignedTx) -> None:
         try:
             self.w3.eth.send_raw_transaction(tx.raw)
-        except ValueError as exc:  # already known / nonce used: the transaction or its nonce is settled
+        except (Web3RPCError, ValueError) as exc:  # already in the pool, or its nonce is settled
             message = str(exc).lower()
-            if "already known" not in message and "nonce too low" not in message:
+            if not any(known in message for known in ("already known", "already imported", "nonce too low")):
                 raise
 
     def receipt(self, tx_hash: str) -> Any:

@@ -12,6 +12,7 @@ from attestation.roots import resolve_root
 from attestation.verify import Policy
 
 if TYPE_CHECKING:
+    from .policy import FeePolicy
     from .registration import Registration
 
 
@@ -60,6 +61,29 @@ def _hex32(text: str, what: str) -> bytes:
     return value
 
 
+def _model_approvals(hashes: list[str], manifest_dir: str) -> dict[bytes, bytes]:
+    """modelHash -> output layout for each --model, the layout read from the manifest that lists it."""
+    from protocol.manifest import ManifestError, load_manifest
+
+    from .deployment import manifest_approvals
+
+    models = [_hex32(value, "--model") for value in hashes]
+    if not models:
+        return {}
+    try:
+        # Only the layouts are needed: the ONNX files themselves need not be on the admin's machine.
+        known = manifest_approvals(load_manifest(manifest_dir, check_files=False))
+    except ManifestError as exc:
+        raise UsageError(f"--model needs the model manifest for its output layout: {exc}") from exc
+    missing = [f"0x{model.hex()}" for model in models if model not in known]
+    if missing:
+        raise UsageError(
+            f"--model {', '.join(missing)} is not in {manifest_dir}/manifest.json: the contract approves a "
+            "model with its output layout, which is read from the manifest (give --manifest DIR)"
+        )
+    return {model: known[model] for model in models}
+
+
 def cmd_approve(args: argparse.Namespace) -> int:
     from protocol.images import image_id
 
@@ -75,7 +99,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
         if any(len(value) != 48 for value in pcrs.values()):
             raise UsageError("--image-pcrs takes PCR0 PCR1 PCR2, 48 bytes each (nitro-cli's SHA384 values)")
         images.append(image_id(pcrs))
-    models = [_hex32(value, "--model") for value in args.model]
+    models = _model_approvals(args.model, args.manifest)
     if not (images or models or args.verifier):
         raise UsageError("nothing to approve: give --image-pcrs, --image-id, --model or --verifier")
     w3 = connect(args.rpc)
@@ -92,8 +116,8 @@ def cmd_approve(args: argparse.Namespace) -> int:
         return EXIT_REJECTED
     for image in images:
         print(f"approved image 0x{image.hex()}")
-    for model in models:
-        print(f"approved model 0x{model.hex()}")
+    for model, layout in models.items():
+        print(f"approved model 0x{model.hex()} (output layout 0x{layout.hex()})")
     for verifier in args.verifier:
         print(f"trusted attestation verifier {verifier}")
     return EXIT_OK
@@ -187,25 +211,74 @@ def _batch_token(args: argparse.Namespace) -> str | None:
     return token
 
 
+def _fee_policy(args: argparse.Namespace) -> FeePolicy:
+    from .policy import GWEI, FeePolicy
+
+    try:
+        return FeePolicy(
+            min_fee_per_gas=int(args.min_fee_per_gas_gwei * GWEI),
+            max_callback_gas=args.max_callback_gas,
+            max_gas_price=int(args.max_gas_price_gwei * GWEI),
+            bump_percent=args.bump_percent,
+            stuck_after_s=args.stuck_after,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _wait_for_chain(w3: Any, chain_id: int) -> None:
+    """Refuse another chain than the configured one; wait (with backoff) while the RPC does not answer, so
+    a relay restarted during an RPC outage starts when it is back."""
+    import time
+
+    from web3.exceptions import Web3Exception
+
+    from .errors import ChainIdMismatch
+    from .txmanager import check_chain_id
+
+    delay = 0.5
+    while True:
+        try:
+            check_chain_id(w3, chain_id)
+            return
+        except ChainIdMismatch as exc:
+            raise UsageError(f"refusing to start: {exc}") from exc
+        except (Web3Exception, OSError, ValueError) as exc:
+            log = logging.getLogger("verinfer.relay")
+            log.warning("RPC not answering (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .chain import TxSender, bind, connect
+    from .chain import bind, connect
+    from .errors import StateError
     from .runner import Relay
     from .state import RelayState
 
     batch_token = _batch_token(args)
     if args.http_deadline <= 0 or args.http_max_bytes <= 0:
         raise UsageError("--http-deadline and --http-max-bytes must be positive")
+    if args.confirmations < 0 or args.poll <= 0:
+        raise UsageError("--confirmations must not be negative and --poll must be positive")
+    policy = _fee_policy(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise; failures are logged
-    w3 = connect(args.rpc)
     account = _account(args)
-    cap = int(args.gas_price_cap_gwei * 10**9) if args.gas_price_cap_gwei is not None else None
+    w3 = connect(args.rpc)
+    _wait_for_chain(w3, args.chain_id)
+    try:
+        state = RelayState(args.db)
+    except StateError as exc:
+        raise UsageError(str(exc)) from exc
     relay = Relay(
         w3,
         bind(w3, "InferenceVerifier", args.contract),
-        TxSender(w3, account, gas_price_cap=cap),
+        account,
         [url for url in args.enclave.split(",") if url],
-        RelayState(args.db),
+        state,
+        chain_id=args.chain_id,
+        policy=policy,
         confirmations=args.confirmations,
         start_block=args.start_block,
         http_timeout=args.http_deadline,
@@ -215,11 +288,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch_token=batch_token,
     )
     logging.getLogger("verinfer.relay").info(
-        "relay %s watching %s on %s%s",
+        "relay %s watching %s on %s (chain %d)%s; %s",
         account.address,
         args.contract,
         args.rpc,
+        args.chain_id,
         f" (batch token from ${args.batch_token_env})" if batch_token else "",
+        policy,
     )
     relay.run(poll_interval=args.poll)
     return EXIT_OK
@@ -301,7 +376,16 @@ def register(subparsers: Any) -> None:
     )
     approve.add_argument("--image-id", action="append", default=[], help="approve an image id directly")
     approve.add_argument(
-        "--model", action="append", default=[], help="approve a model (sha256 of its ONNX file)"
+        "--model",
+        action="append",
+        default=[],
+        help="approve a model (sha256 of its ONNX file), with its output layout from the manifest",
+    )
+    approve.add_argument(
+        "--manifest",
+        default="models",
+        metavar="DIR",
+        help="directory of the manifest.json that lists each --model's outputs (default: models)",
     )
     approve.add_argument(
         "--verifier", action="append", default=[], help="trust an attestation-verifier address"
@@ -325,15 +409,59 @@ def register(subparsers: Any) -> None:
     _key_options(reg, "transaction sender")
     reg.set_defaults(handler=cmd_register)
 
+    # `verinfer relay run` options (stable: bench/chaos.py drives the relay through them; /tmp/relay-cli.txt):
+    #   required  --enclave URLS --rpc URL --contract ADDRESS --chain-id N
+    #   state     --db relay.sqlite3 --confirmations 2 --start-block 0 --poll 1.0
+    #   economics --min-fee-per-gas-gwei 1 --max-callback-gas 1000000 --max-gas-price-gwei 100
+    #             (alias --gas-price-cap-gwei) --bump-percent 12.5 --stuck-after 30
+    #   anchoring --anchor-min 0 (off) --anchor-max 512 --batch-token-env NAME
+    #   HTTP      --http-deadline 10 --http-max-bytes 16777216
+    #   key       --key-env VERINFER_KEY | --keystore FILE --password-env NAME
     run = commands.add_parser("run", help="watch requests, fulfil them with enclaves, anchor receipt batches")
     run.add_argument("--enclave", required=True, help="enclave URL(s), comma separated")
     run.add_argument("--rpc", required=True)
     run.add_argument("--contract", required=True)
+    run.add_argument(
+        "--chain-id",
+        type=int,
+        required=True,
+        help="the chain to sign for; the relay refuses to start if the RPC reports another",
+    )
     run.add_argument("--db", default="relay.sqlite3", help="SQLite state file")
-    run.add_argument("--confirmations", type=int, default=2)
+    run.add_argument(
+        "--confirmations",
+        type=int,
+        default=2,
+        help="blocks on top before an event is read or a transaction of ours counts as confirmed",
+    )
     run.add_argument("--start-block", type=int, default=0)
     run.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
-    run.add_argument("--gas-price-cap-gwei", type=float, help="wait while the gas price is above this")
+    run.add_argument(
+        "--min-fee-per-gas-gwei",
+        type=float,
+        default=1.0,
+        help="serve a request only if fee >= this x (callbackGasLimit + the fulfil overhead); gwei",
+    )
+    run.add_argument(
+        "--max-callback-gas", type=int, default=1_000_000, help="skip requests asking for more callback gas"
+    )
+    run.add_argument(
+        "--max-gas-price-gwei",
+        "--gas-price-cap-gwei",
+        dest="max_gas_price_gwei",
+        type=float,
+        default=100.0,
+        help="never sign or bump a transaction above this gas price (wait instead); gwei",
+    )
+    run.add_argument(
+        "--bump-percent",
+        type=float,
+        default=12.5,
+        help="price rise of a stuck transaction's replacement, percent (nodes require >= 10)",
+    )
+    run.add_argument(
+        "--stuck-after", type=float, default=30.0, help="seconds before an unmined transaction is re-priced"
+    )
     run.add_argument(
         "--anchor-min", type=int, default=0, help="anchor receipt batches of at least N (0: off)"
     )

@@ -2,51 +2,79 @@
 
 Relays are trusted for liveness only: the contract checks every fulfilment's receipt, so a relay can delay
 an answer but never forge one. The loop therefore optimises for "nothing lost, nothing wasted":
-- it scans only blocks `confirmations` deep, and re-scans from the last confirmed block after a deeper reorg;
-- a fulfil transaction is signed, written to SQLite, then broadcast; after a crash the same bytes are
-  re-broadcast, so a request is never fulfilled twice by one relay (and the contract refuses a second one);
-- an unreachable enclave or RPC node means retry with exponential backoff, never a crash;
-- the gas price cap is respected by waiting.
+- it reads events `confirmations` deep and keeps (block, hash) checkpoints of what it scanned; after a reorg
+  it walks back to the newest checkpoint still canonical and re-checks everything recorded after it;
+- before serving it compares the chain's inputHash with the stored input (a reorg can re-create a request
+  id with another input) and applies the fee policy (relay.policy); skipped requests say why;
+- every transaction goes through relay.txmanager (durable before broadcast, fee bumping under a cap, a
+  "still needed?" check before any gas is spent);
+- the receipt it asks an enclave for binds the fee to this relay (protocol.onchain.fulfilment_id);
+- an unreachable enclave or RPC node means retry with backoff, never a crash.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import Web3Exception
 
 from protocol import merkle
 from protocol.hashing import keccak256
+from protocol.onchain import fulfilment_id
 from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
 from protocol.tensors import decode_tensors, encode_tensors, tensors_from_json
 
-from .chain import ChainError, GasPriceTooHigh, SignedTx, TxSender
+from .errors import (
+    ChainError,
+    EnclaveUnavailable,
+    GasPriceTooHigh,
+    PermanentFailure,
+    ReceiptsEvicted,
+    RelayError,
+)
 from .http_client import Limits, OutboundError, request
-from .state import DROPPED, EXPIRED, FAILED, FULFILLED, SETTLED, RelayState, RequestRow
+from .policy import FeePolicy
+from .state import (
+    LIVE_TX,
+    BatchStatus,
+    RelayState,
+    RequestEvent,
+    RequestRow,
+    RequestStatus,
+    TxRow,
+    TxStatus,
+)
+from .txmanager import TxManager
 
 log = logging.getLogger("verinfer.relay")
-STATUS_NONE, STATUS_PENDING, STATUS_FULFILLED, STATUS_CANCELLED = 0, 1, 2, 3
-REORG_REWIND = 64
 SCAN_CHUNK = 2000
-# A submitted transaction without a receipt after this long is re-checked and re-broadcast.
-RESUBMIT_AFTER_S = 15.0
-
-
-class EnclaveUnavailable(Exception):
-    """The enclave could not be reached or answered with an error: try again later, or another one."""
-
-
-class PermanentFailure(Exception):
-    """The request can never be served (for example its input does not encode the model's inputs)."""
-
-
+# How far before a request's recorded block its events are looked for (a reorg may have moved it earlier).
+LOOKBACK = 1024
 DEFAULT_HTTP_MAX_BYTES = 16 * 1024 * 1024  # a /receipts/batch answer of 4096 receipts is about 2.5 MiB
+MAX_REVERTS = 3  # a request whose fulfilment reverted this often is given up (each revert costs gas)
+ZERO_ADDRESS = "0x" + "00" * 20
+FULFIL, ANCHOR = "fulfil", "anchor"
+# A request that does not pay at the current gas price is priced again after this long (seconds).
+RETRY_UNPROFITABLE_S = 10.0
+__all__ = ["EnclaveClient", "EnclaveUnavailable", "PermanentFailure", "Relay", "RequestStatus"]
+
+
+class ChainStatus:
+    """InferenceVerifier's Status enum."""
+
+    NONE, PENDING, FULFILLED, CANCELLED = 0, 1, 2, 3
+
+
+def hex32(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
 
 
 @dataclass
@@ -58,6 +86,8 @@ class EnclaveClient:
     models: dict[str, str] = field(default_factory=dict)  # model hash (0x hex) -> name
     down_until: float = 0.0
     max_bytes: int = DEFAULT_HTTP_MAX_BYTES
+    signer: str | None = None  # the enclave's signing address, as last learnt
+    signer_checked: float = 0.0
 
     def _limits(self, deadline_s: float) -> Limits:
         return Limits(deadline_s=deadline_s, max_bytes=self.max_bytes)
@@ -68,6 +98,13 @@ class EnclaveClient:
             response = request("GET", f"{self.url}/models", limits=self._limits(timeout))
             self.models = {m["modelHash"]: m["name"] for m in response.raise_for_status().json()["models"]}
         return self.models.get(model_hash)
+
+    def signing_address(self, timeout: float) -> str:
+        """The enclave's current key (GET /attestation names it): a restarted enclave has a new one."""
+        response = request("GET", f"{self.url}/attestation", limits=self._limits(timeout))
+        address = Web3.to_checksum_address(response.raise_for_status().json()["enclave"])
+        self.signer, self.signer_checked = address, time.monotonic()
+        return address
 
     def infer(self, model: str, request_id: str, data: bytes, timeout: float) -> dict[str, Any]:
         try:
@@ -86,7 +123,7 @@ class EnclaveClient:
         return result
 
     def receipt_batch(self, start: int, limit: int, timeout: float) -> dict[str, Any]:
-        """POST /receipts/batch, with the relay's bearer token when it has one."""
+        """POST /receipts/batch, with the relay's bearer token when it has one; ReceiptsEvicted on a 410."""
         headers = {"Authorization": f"Bearer {self.batch_token}"} if self.batch_token else None
         response = request(
             "POST",
@@ -95,6 +132,10 @@ class EnclaveClient:
             headers=headers,
             limits=self._limits(timeout),
         )
+        if response.status == 410:  # "receipts before N are no longer kept"
+            found = re.search(r"before (\d+)", str(response.json().get("message", "")))
+            if found:
+                raise ReceiptsEvicted(f"{self.url}: {response.text[:200]}", int(found.group(1)))
         batch: dict[str, Any] = response.raise_for_status().json()
         return batch
 
@@ -108,10 +149,12 @@ class Relay:
         self,
         w3: Web3,
         contract: Contract,
-        sender: TxSender,
+        account: LocalAccount,
         enclaves: list[str],
         state: RelayState,
         *,
+        chain_id: int,
+        policy: FeePolicy | None = None,
         confirmations: int = 2,
         start_block: int = 0,
         http_timeout: float = 10.0,
@@ -119,137 +162,231 @@ class Relay:
         anchor_min: int = 0,
         anchor_max: int = 512,
         batch_token: str | None = None,
+        signer_recheck_s: float = 5.0,
     ) -> None:
         """`http_timeout` is the total deadline of each call to an enclave and `http_max_bytes` the largest
         answer read; `batch_token` is sent as `Authorization: Bearer` on /receipts/batch (enclaves started
-        with --batch-token-sha256 serve batches only to its holder)."""
+        with --batch-token-sha256 serve batches only to its holder). `signer_recheck_s`: how often an idle
+        enclave is asked for its key again (a restart behind the same URL brings a new one)."""
         self.w3 = w3
         self.contract = contract
-        self.sender = sender
+        self.account = account
+        self.state = state
+        self.policy = policy or FeePolicy()
+        self.confirmations = max(0, confirmations)
+        self.txm = TxManager(
+            w3,
+            account,
+            state.txs,
+            self.policy,
+            chain_id=chain_id,
+            confirmations=self.confirmations,
+            needed=self._needed,
+        )
         self.enclaves = [
             EnclaveClient(url.rstrip("/"), batch_token=batch_token, max_bytes=http_max_bytes)
             for url in enclaves
         ]
-        self.state = state
-        self.confirmations = confirmations
         self.start_block = start_block
         self.http_timeout = http_timeout
         self.anchor_min = anchor_min
         self.anchor_max = anchor_max
+        self.signer_recheck_s = signer_recheck_s
         self._next_enclave = 0
-        self._registered: dict[str, float] = {}
         self._batch_problems: dict[str, str] = {}  # enclave URL -> the kind of problem last logged
+        if reopened := state.reopen_skipped_if_policy_changed(repr(self.policy)):
+            log.info("fee policy changed: %d skipped request(s) will be judged again", reopened)
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    # --- chain reads ------------------------------------------------------------------------------------
+
+    def _request(self, request_id: str) -> Any:
+        """The chain's Request struct (named fields)."""
+        return self.contract.functions.getRequest(bytes.fromhex(request_id[2:])).call()
+
+    def _now(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def _anchored(self, root: str) -> bool:
+        batch = self.contract.functions.batches(bytes.fromhex(root[2:])).call()
+        fields = dict(zip(_output_names(self.contract, "batches"), batch, strict=True))
+        return str(fields["enclave"]).lower() != ZERO_ADDRESS
+
+    def _needed(self, tx: TxRow) -> bool:
+        """Is `tx`'s work still wanted? fulfil: the request is Pending, unexpired, with the input the
+        receipt was made for; anchor: nobody has anchored the root yet."""
+        if tx.kind == FULFIL:
+            on_chain = self._request(tx.ref)
+            return bool(
+                on_chain.status == ChainStatus.PENDING
+                and on_chain.deadline >= self._now()
+                and hex32(on_chain.inputHash) == tx.guard
+            )
+        if tx.kind == ANCHOR:
+            return not self._anchored(tx.ref)
+        return True
+
+    def _fulfilled_by_us(self, row: RequestRow) -> bool:
+        events = self.contract.events.InferenceFulfilled().get_logs(
+            from_block=max(0, row.block_number - LOOKBACK),
+            argument_filters={"requestId": bytes.fromhex(row.id[2:]), "fulfiller": self.address},
+        )
+        return bool(events)
 
     # --- scanning -----------------------------------------------------------------------------------------
 
     def scan(self) -> None:
-        head = self.w3.eth.block_number
+        head = int(self.w3.eth.block_number)
+        if self._rewound_after_reorg(head):
+            return
         safe = head - self.confirmations
-        scanned = int(self.state.get_meta("scanned_block", str(self.start_block - 1)) or -1)
-        scanned_hash = self.state.get_meta("scanned_hash")
-        if scanned >= 0 and scanned_hash is not None and scanned <= head:
-            canonical = "0x" + bytes(self.w3.eth.get_block(scanned)["hash"]).hex()
-            if canonical != scanned_hash:
-                rewind_to = max(self.start_block, scanned - REORG_REWIND)
-                with self.state.transaction() as db:
-                    reopened = self.state.reopen_from(db, rewind_to)
-                    self.state.set_meta(db, "scanned_block", str(rewind_to - 1))
-                    db.execute("DELETE FROM meta WHERE key = 'scanned_hash'")
-                self.sender.forget_nonce()  # our own transactions may have been dropped with the old blocks
-                log.warning(
-                    "reorg below block %d: rescanning from %d, %d requests re-checked",
-                    scanned,
-                    rewind_to,
-                    reopened,
-                )
-                return
+        scanned = self.state.scanned_block(self.start_block - 1)
         while scanned < safe:
             end = min(safe, scanned + SCAN_CHUNK)
+            end_hash = hex32(self.w3.eth.get_block(end)["hash"])
             events = self.contract.events.InferenceRequested().get_logs(from_block=scanned + 1, to_block=end)
-            end_hash = "0x" + bytes(self.w3.eth.get_block(end)["hash"]).hex()
+            if hex32(self.w3.eth.get_block(end)["hash"]) != end_hash:
+                return  # a reorg while reading: the events may be from either side; read again next step
+            changed = []
             with self.state.transaction() as db:
                 for event in events:
-                    args = event["args"]
-                    self.state.add_request(
-                        db,
-                        "0x" + bytes(args["requestId"]).hex(),
-                        block=event["blockNumber"],
-                        model_hash="0x" + bytes(args["modelHash"]).hex(),
-                        data=bytes(args["input"]),
-                        deadline=int(args["deadline"]),
-                    )
-                self.state.set_meta(db, "scanned_block", str(end))
-                self.state.set_meta(db, "scanned_hash", end_hash)
+                    if self.state.upsert_request(db, _request_event(event)) == "changed":
+                        changed.append(hex32(event["args"]["requestId"]))
+                self.state.record_scan(db, end, end_hash)
             if events:
                 log.info("saw %d request(s) in blocks %d-%d", len(events), scanned + 1, end)
+            for request_id in changed:
+                log.warning("request %s was re-created with another input: serving the new one", request_id)
             scanned = end
 
-    # --- submitted transactions ---------------------------------------------------------------------------
+    def _canonical(self, block: int, block_hash: str, head: int) -> bool:
+        return block <= head and hex32(self.w3.eth.get_block(block)["hash"]) == block_hash
 
-    def _chain_status(self, request_id: str) -> tuple[int, int]:
-        request = self.contract.functions.requests(bytes.fromhex(request_id[2:])).call()
-        return int(request[3]), int(request[1])  # status, deadline
+    def _rewound_after_reorg(self, head: int) -> bool:
+        """If the newest checkpoint left the chain, rewind to the newest one still on it (binary search:
+        checkpoints are canonical up to the fork, none after) and re-open what was recorded after it."""
+        checkpoints = self.state.checkpoints()
+        if not checkpoints or self._canonical(*checkpoints[-1], head):
+            return False
+        low, high = 0, len(checkpoints) - 1  # invariant: checkpoints[high] is not canonical
+        ancestor = self.start_block - 1
+        while low < high:
+            middle = (low + high) // 2
+            if self._canonical(*checkpoints[middle], head):
+                ancestor = checkpoints[middle][0]
+                low = middle + 1
+            else:
+                high = middle
+        with self.state.transaction() as db:
+            since = self.state.rewind(db, ancestor)
+            reopened_txs = self.txm.reopen_after_reorg(db, ancestor)
+            fulfils = [t.ref for t in reopened_txs if t.kind == FULFIL]
+            requests = self.state.reopen_after(db, ancestor, since, fulfils)
+            self.state.reopen_batches(db, [t.ref for t in reopened_txs if t.kind == ANCHOR])
+        log.warning(
+            "reorg: block %d left the chain; rescanning from %d (%d requests, %d transactions re-checked)",
+            checkpoints[-1][0],
+            ancestor + 1,
+            requests,
+            len(reopened_txs),
+        )
+        return True
+
+    # --- requests with a transaction ----------------------------------------------------------------------
 
     def check_submitted(self) -> None:
-        head = self.w3.eth.block_number
         for row in self.state.submitted():
-            assert row.tx_hash is not None and row.tx_raw is not None and row.tx_nonce is not None
-            receipt = self.sender.receipt(row.tx_hash)
-            if receipt is not None:
-                if head - receipt["blockNumber"] < self.confirmations:
-                    continue
-                if receipt["status"] == 1:
-                    self.state.set_status(row.id, FULFILLED, row.tx_hash)
-                    log.info("request %s fulfilled in %s", row.id, row.tx_hash)
-                    continue
-            elif time.time() - (row.submitted_at or 0) < RESUBMIT_AFTER_S and not self._nonce_used(
-                row.tx_nonce
-            ):
-                self.sender.broadcast(SignedTx(row.tx_hash, row.tx_raw, row.tx_nonce))  # idempotent
+            tx = self.state.txs.latest_for(FULFIL, row.id)
+            if tx is not None and tx.status in LIVE_TX:
                 continue
-            # Reverted, or lost (reorged away, or its nonce taken): the chain decides what is left to do.
-            status, _ = self._chain_status(row.id)
-            if status == STATUS_PENDING and receipt is None and not self._nonce_used(row.tx_nonce):
-                self.sender.broadcast(SignedTx(row.tx_hash, row.tx_raw, row.tx_nonce))
+            if tx is not None and tx.status == TxStatus.CONFIRMED:
+                self.state.set_status(row.id, RequestStatus.FULFILLED, tx.confirmed_hash)
+                log.info("request %s fulfilled in %s", row.id, tx.confirmed_hash)
                 continue
-            self._settle_from_chain(row, status)
+            self._settle_from_chain(
+                row, self._request(row.id).status, reverted=tx is not None and tx.status == TxStatus.FAILED
+            )
 
-    def _nonce_used(self, nonce: int) -> bool:
-        return int(self.w3.eth.get_transaction_count(self.sender.account.address, "latest")) > nonce
-
-    def _settle_from_chain(self, row: RequestRow, status: int) -> bool:
-        """Close `row` if the chain says it is no longer ours to serve; True when it was closed."""
-        if status == STATUS_FULFILLED:
-            self.state.set_status(row.id, SETTLED, "fulfilled on chain")
-        elif status == STATUS_CANCELLED:
-            self.state.set_status(row.id, SETTLED, "cancelled")
-        elif status == STATUS_NONE:
-            self.state.set_status(row.id, DROPPED, "not on chain (reorged away)")
+    def _settle_from_chain(self, row: RequestRow, status: int, *, reverted: bool = False) -> None:
+        """Close `row` from what the chain says, or put it back in the queue if it is still to be served."""
+        if status == ChainStatus.FULFILLED:
+            if self._fulfilled_by_us(row):
+                self.state.set_status(row.id, RequestStatus.FULFILLED, "fulfilled by this relay")
+            else:
+                self.state.set_status(row.id, RequestStatus.SETTLED, "fulfilled by another relay")
+        elif status == ChainStatus.CANCELLED:
+            self.state.set_status(row.id, RequestStatus.SETTLED, "cancelled")
+        elif status == ChainStatus.NONE:
+            self.state.set_status(row.id, RequestStatus.DROPPED, "not on chain (reorged away)")
+        elif reverted and row.attempts + 1 >= MAX_REVERTS:
+            self.state.set_status(row.id, RequestStatus.FAILED, f"fulfilment reverted {MAX_REVERTS} times")
         else:
-            self.state.retry_later(row.id, row.attempts + 1, 0.0, "resubmitting")
-            return False
-        return True
+            attempts = row.attempts + 1 if reverted else row.attempts
+            self.state.retry_later(row.id, attempts, 1.0 if reverted else 0.0, "resubmitting")
 
     # --- serving requests ---------------------------------------------------------------------------------
 
     def serve_due(self) -> None:
         for row in self.state.due(time.time()):
-            status, deadline = self._chain_status(row.id)
-            if status != STATUS_PENDING:
-                self._settle_from_chain(row, status)
-                continue
-            if deadline < int(self.w3.eth.get_block("latest")["timestamp"]):
-                self.state.set_status(row.id, EXPIRED, "deadline passed")
-                continue
+            tx = self.state.txs.latest_for(FULFIL, row.id)
+            if tx is not None and tx.status in (*LIVE_TX, TxStatus.CONFIRMED) and tx.guard == row.input_hash:
+                self.state.set_status(row.id, RequestStatus.SUBMITTED, "transaction on record")
+                continue  # recorded just before a crash: the transaction manager carries it on
             try:
-                self._serve(row)
+                self._serve_if_wanted(row)
             except PermanentFailure as exc:
                 log.warning("request %s cannot be served: %s", row.id, exc)
-                self.state.set_status(row.id, FAILED, str(exc))
+                self.state.set_status(row.id, RequestStatus.FAILED, str(exc))
             except (EnclaveUnavailable, GasPriceTooHigh, ChainError) as exc:
                 delay = min(30.0, 0.5 * 2 ** min(row.attempts, 6))
                 log.info("request %s: %s; retrying in %.1f s", row.id, exc, delay)
                 self.state.retry_later(row.id, row.attempts + 1, delay, str(exc))
+
+    def _serve_if_wanted(self, row: RequestRow) -> None:
+        on_chain = self._request(row.id)
+        if on_chain.status != ChainStatus.PENDING:
+            self._settle_from_chain(row, on_chain.status)
+            return
+        if on_chain.deadline < self._now():
+            self.state.set_status(row.id, RequestStatus.EXPIRED, "deadline passed")
+            return
+        if hex32(on_chain.inputHash) != row.input_hash:
+            refreshed = self._refresh(row, hex32(on_chain.inputHash))
+            if refreshed is None:
+                self.state.retry_later(
+                    row.id, row.attempts, 1.0, "the chain's input is not in a scanned event yet"
+                )
+                return
+            row = refreshed
+        fee, callback_gas = int(on_chain.fee), int(on_chain.callbackGasLimit)
+        reason = self.policy.refuse(fee=fee, callback_gas=callback_gas)
+        if reason is not None:
+            log.info("request %s skipped: %s", row.id, reason)
+            self.state.set_status(row.id, RequestStatus.SKIPPED, reason)
+            return
+        # Paying for itself at the minimum price is not enough: it must pay at today's price, or wait.
+        price = self.txm.network_price()
+        if wait := self.policy.unprofitable_at(price, fee=fee, callback_gas=callback_gas):
+            self.state.retry_later(row.id, row.attempts + 1, RETRY_UNPROFITABLE_S, wait)
+            return
+        self._serve(row)
+
+    def _refresh(self, row: RequestRow, input_hash: str) -> RequestRow | None:
+        """Re-read a request whose stored input is not the chain's (a reorg re-created its id)."""
+        events = self.contract.events.InferenceRequested().get_logs(
+            from_block=max(0, self.start_block, row.block_number - LOOKBACK),
+            argument_filters={"requestId": bytes.fromhex(row.id[2:])},
+        )
+        matching = [e for e in events if hex32(e["args"]["inputHash"]) == input_hash]
+        if not matching:
+            return None
+        with self.state.transaction() as db:
+            self.state.upsert_request(db, _request_event(matching[-1]))
+        log.warning("request %s: the chain has another input than the one stored; re-read it", row.id)
+        return self.state.request(row.id)
 
     def _enclaves_in_turn(self) -> list[EnclaveClient]:
         now = time.monotonic()
@@ -275,25 +412,34 @@ class Relay:
                 signed.signature,
             )
             try:
-                tx = self.sender.sign(call)
+                tx = self.txm.submit(FULFIL, row.id, row.input_hash, call)
             except ChainError as exc:
-                if exc.error == "RequestNotPending":
-                    self.state.set_status(row.id, SETTLED, "fulfilled by another relay")
+                if exc.error in ("RequestNotPending", "RequestExpired"):
+                    self._settle_from_chain(row, self._request(row.id).status)
                     return
+                if isinstance(exc, GasPriceTooHigh):
+                    raise
                 problems.append(f"{enclave.url}: {exc}")
                 continue
-            self.state.record_signed(row.id, tx.tx_hash, tx.raw, tx.nonce)  # durable before it is sent
-            self.sender.broadcast(tx)
-            log.info("request %s: submitted %s with a receipt from %s", row.id, tx.tx_hash, enclave.url)
+            self.state.set_status(row.id, RequestStatus.SUBMITTED, f"tx {tx.id}")
+            log.info(
+                "request %s: submitted tx %d (nonce %d) with a receipt from %s",
+                row.id,
+                tx.id,
+                tx.nonce,
+                enclave.url,
+            )
             return
         raise EnclaveUnavailable("; ".join(problems) or "no enclave available")
 
     def _infer(self, enclave: EnclaveClient, row: RequestRow) -> tuple[SignedReceipt, bytes]:
+        """A receipt binding this relay as the fulfiller, checked before any gas is spent on it."""
         model = enclave.model_name(row.model_hash, self.http_timeout)
         if model is None:
             raise EnclaveUnavailable(f"does not serve model {row.model_hash}")
+        bound_id = fulfilment_id(bytes.fromhex(row.id[2:]), self.address)
         try:
-            body = enclave.infer(model, row.id, row.input, self.http_timeout)
+            body = enclave.infer(model, hex32(bound_id), row.input, self.http_timeout)
         except OutboundError as exc:
             raise EnclaveUnavailable(str(exc)) from exc
         signed = SignedReceipt.from_json(body["receipt"])
@@ -301,64 +447,128 @@ class Relay:
         if signed.receipt.input_hash != keccak256(row.input):
             raise PermanentFailure("the input is not the model's canonical encoding (order, names or dtypes)")
         if (
-            signed.receipt.output_hash != keccak256(output)
+            signed.receipt.request_id != bound_id
+            or signed.receipt.output_hash != keccak256(output)
             or recover_signer(signed.receipt, signed.signature) != signed.enclave
         ):
-            raise EnclaveUnavailable("the enclave's answer does not match its receipt")
+            raise EnclaveUnavailable(
+                "the enclave's answer does not match its receipt or this relay's fulfilment id"
+            )
         return signed, output
 
     # --- batch anchoring ----------------------------------------------------------------------------------
+
+    def check_batches(self) -> None:
+        """Follow each recorded batch until the root is on chain; re-plan one whose transaction was lost."""
+        for batch in self.state.submitted_batches():
+            tx = self.state.txs.latest_for(ANCHOR, batch.root)
+            if tx is not None and tx.status in LIVE_TX:
+                continue
+            if tx is not None and tx.status == TxStatus.CONFIRMED:
+                self.state.set_batch_status(batch.root, BatchStatus.ANCHORED, tx.confirmed_hash)
+                continue
+            if self._anchored(batch.root):
+                self.state.set_batch_status(batch.root, BatchStatus.ANCHORED, "anchored on chain")
+                continue
+            try:
+                self._submit_anchor(batch.root, batch.count, batch.signature)
+            except GasPriceTooHigh as exc:
+                log.info("batch %s not re-sent yet: %s", batch.root, exc)
+            except ChainError as exc:
+                if exc.error is None:
+                    log.info("batch %s not re-sent yet: %s", batch.root, exc)
+                else:  # the contract refuses it for good (enclave removed or expired, ...)
+                    log.warning("batch %s cannot be anchored: %s", batch.root, exc)
+                    self.state.set_batch_status(batch.root, BatchStatus.SKIPPED, str(exc))
+
+    def _submit_anchor(self, root: str, count: int, signature: str) -> TxRow:
+        call = self.contract.functions.anchorBatch(
+            bytes.fromhex(root[2:]), count, bytes.fromhex(signature[2:])
+        )
+        return self.txm.submit(ANCHOR, root, root, call)
+
+    def _signer(self, enclave: EnclaveClient) -> str:
+        if enclave.signer is None:
+            return enclave.signing_address(self.http_timeout)
+        return enclave.signer
 
     def anchor_batches(self) -> None:
         if self.anchor_min <= 0:
             return
         for enclave in self.enclaves:
-            cursor_key = f"batch_cursor:{enclave.url}"
-            cursor = int(self.state.get_meta(cursor_key, "0") or 0)
             try:
-                batch = enclave.receipt_batch(cursor, self.anchor_max, self.http_timeout)
-                if batch["count"] < self.anchor_min:
-                    self._batch_problems.pop(enclave.url, None)
-                    continue
-                receipts = [SignedReceipt.from_json(r) for r in batch["receipts"]]
-                root = bytes.fromhex(batch["root"][2:])
+                self._anchor_from(enclave)
             except (OutboundError, KeyError, TypeError, ValueError, ReceiptError) as exc:
                 self._batch_problem(enclave, exc)
-                continue
+
+    def _anchor_from(self, enclave: EnclaveClient) -> None:
+        signer = self._signer(enclave)
+        cursor = self.state.cursor(signer)
+        try:
+            batch = enclave.receipt_batch(cursor, self.anchor_max, self.http_timeout)
+        except ReceiptsEvicted as exc:
+            if exc.first > cursor:
+                with self.state.transaction() as db:
+                    self.state.set_cursor(db, signer, exc.first)
+                log.warning(
+                    "enclave %s no longer keeps receipts %d-%d: anchoring from %d",
+                    enclave.url,
+                    cursor,
+                    exc.first - 1,
+                    exc.first,
+                )
+            else:  # the 410 is about another key than the one we know: learn the current one
+                enclave.signing_address(self.http_timeout)
+            return
+        if batch.get("enclave") and Web3.to_checksum_address(batch["enclave"]) != signer:
+            enclave.signer = Web3.to_checksum_address(batch["enclave"])  # restarted with a new key
+            log.warning("enclave %s now signs as %s (was %s)", enclave.url, enclave.signer, signer)
+            return
+        if batch["count"] < self.anchor_min:
             self._batch_problems.pop(enclave.url, None)
-            if merkle.root([r.receipt.digest() for r in receipts]) != root:
-                log.warning("enclave %s sent a batch whose root does not match its receipts", enclave.url)
-                continue
-            try:
-                tx = self.sender.sign(
-                    self.contract.functions.anchorBatch(
-                        root, batch["count"], bytes.fromhex(batch["signature"][2:])
-                    )
-                )
-            except ChainError as exc:
-                log.info("batch from %s not anchored: %s", enclave.url, exc)
-                continue
-            with self.state.transaction() as db:
-                db.execute(
-                    "INSERT OR IGNORE INTO batches (root, enclave, first, count, signature, receipts, "
-                    "status, tx_hash, tx_raw, updated) VALUES (?, ?, ?, ?, ?, ?, 'submitted', ?, ?, ?)",
-                    (
-                        batch["root"],
-                        enclave.url,
-                        batch["from"],
-                        batch["count"],
-                        batch["signature"],
-                        json.dumps(batch["receipts"]),
-                        tx.tx_hash,
-                        tx.raw,
-                        time.time(),
-                    ),
-                )
-                self.state.set_meta(db, cursor_key, str(batch["next"]))
-            self.sender.broadcast(tx)
+            if time.monotonic() - enclave.signer_checked > self.signer_recheck_s:
+                enclave.signing_address(self.http_timeout)  # an idle log may be a restarted enclave's
+            return
+        receipts = [SignedReceipt.from_json(r) for r in batch["receipts"]]
+        root = batch["root"]
+        self._batch_problems.pop(enclave.url, None)
+        if merkle.root([r.receipt.digest() for r in receipts]) != bytes.fromhex(root[2:]):
+            log.warning("enclave %s sent a batch whose root does not match its receipts", enclave.url)
+            return
+        status = BatchStatus.SUBMITTED
+        existing = self.state.txs.latest_for(ANCHOR, root)
+        if existing is not None and existing.status in (*LIVE_TX, TxStatus.CONFIRMED):
+            pass  # sent before a crash: record it, the transaction manager carries it on
+        elif self._anchored(root):
+            status = BatchStatus.SKIPPED
             log.info(
-                "anchoring %d receipts from %s under root %s", batch["count"], enclave.url, batch["root"]
+                "batch %s (%d receipts from %s) is already anchored: skipping it",
+                root,
+                batch["count"],
+                signer,
             )
+        else:
+            try:
+                self._submit_anchor(root, batch["count"], batch["signature"])
+            except ChainError as exc:
+                if exc.error != "AlreadyAnchored":
+                    self._batch_problem(enclave, exc)
+                    return
+                status = BatchStatus.SKIPPED
+        with self.state.transaction() as db:
+            self.state.record_batch(
+                db,
+                root=root,
+                enclave=signer,
+                first=int(batch["from"]),
+                count=int(batch["count"]),
+                signature=batch["signature"],
+                receipts=json.dumps(batch["receipts"]),
+                status=status,
+            )
+            self.state.set_cursor(db, signer, int(batch["next"]))
+        if status == BatchStatus.SUBMITTED:
+            log.info("anchoring %d receipts from %s under root %s", batch["count"], signer, root)
 
     def _batch_problem(self, enclave: EnclaveClient, exc: Exception) -> None:
         """Log why batches cannot be had from `enclave` once per change (the loop polls every second)."""
@@ -366,9 +576,11 @@ class Relay:
         problem = (
             f"enclave {enclave.url} refuses receipt batches ({exc}): check --batch-token-env"
             if refused
-            else f"no receipt batch from {enclave.url}: {exc}"
+            else f"no receipt batch anchored from {enclave.url}: {exc}"
         )
-        kind = f"{type(exc).__name__}:{getattr(exc, 'kind', '')}:{getattr(exc, 'status', '')}"
+        kind = ":".join(
+            (type(exc).__name__, *(str(getattr(exc, name, "")) for name in ("kind", "status", "error")))
+        )
         if self._batch_problems.get(enclave.url) != kind:
             self._batch_problems[enclave.url] = kind
             log.warning("%s", problem)
@@ -377,7 +589,9 @@ class Relay:
 
     def step(self) -> None:
         self.scan()
+        self.txm.tick()
         self.check_submitted()
+        self.check_batches()
         self.serve_due()
         self.anchor_batches()
 
@@ -389,7 +603,7 @@ class Relay:
                 self.step()
                 failures = 0
                 time.sleep(poll_interval)
-            except (Web3Exception, OutboundError, ConnectionError, OSError, ValueError) as exc:
+            except (Web3Exception, OutboundError, ConnectionError, OSError, ValueError, RelayError) as exc:
                 failures += 1
                 delay = min(30.0, poll_interval * 2 ** min(failures, 5))
                 log.warning(
@@ -400,3 +614,23 @@ class Relay:
                 failures += 1
                 log.exception("unexpected error in the relay loop; retrying")
                 time.sleep(min(30.0, poll_interval * 2 ** min(failures, 5)))
+
+
+def _output_names(contract: Contract, function: str) -> list[str]:
+    abi = cast(list[dict[str, Any]], contract.abi)
+    item = next(i for i in abi if i.get("type") == "function" and i.get("name") == function)
+    return [str(o["name"]) for o in item.get("outputs", [])]
+
+
+def _request_event(event: Any) -> RequestEvent:
+    args = event["args"]
+    return RequestEvent(
+        id=hex32(args["requestId"]),
+        block_number=int(event["blockNumber"]),
+        model_hash=hex32(args["modelHash"]),
+        input=bytes(args["input"]),
+        input_hash=hex32(args["inputHash"]),
+        deadline=int(args["deadline"]),
+        callback_gas=int(args["callbackGasLimit"]),
+        fee=int(args["fee"]),
+    )

@@ -360,12 +360,15 @@ def test_relay_anchors_with_the_batch_token(chain: Chain, tmp_path: Path) -> Non
         relay = Relay(
             chain.w3,
             chain.contract,
-            chain.relay,
+            chain.relay.account,
             [server.url],
             RelayState(tmp_path / "relay.sqlite3"),
+            chain_id=chain.w3.eth.chain_id,
             anchor_min=1,
             batch_token="relay-secret",
         )
+        relay.enclaves[0].signer = chain.enclave  # known already: the first call is the batch
+        relay.enclaves[0].signer_checked = time.monotonic()
         relay.anchor_batches()
         assert server.header(0, "authorization") == "Bearer relay-secret"
 
@@ -394,6 +397,8 @@ def _relay_run(chain: Chain, enclave: str, db: Path, *extra: str) -> list[str]:
         str(db),
         "--poll",
         "0.1",
+        "--chain-id",
+        str(chain.w3.eth.chain_id),
         *extra,
     ]
 
@@ -401,7 +406,8 @@ def _relay_run(chain: Chain, enclave: str, db: Path, *extra: str) -> list[str]:
 def test_relay_run_reads_the_batch_token_from_the_environment(chain: Chain, tmp_path: Path) -> None:
     token = "batch-token-" + os.urandom(8).hex()
     env = {**os.environ, "VERINFER_KEY": ANVIL_KEYS[4], "RELAY_BATCH_TOKEN": token}
-    with peer(answer(200, EMPTY_BATCH)) as enclave:
+    # One answer to everything: an empty batch that also names the enclave key (the relay's GET /attestation).
+    with peer(answer(200, {**EMPTY_BATCH, "enclave": chain.enclave})) as enclave:
         args = _relay_run(chain, enclave.url, tmp_path / "r.sqlite3", "--anchor-min", "1")
         process = subprocess.Popen(
             [*args, "--batch-token-env", "RELAY_BATCH_TOKEN"],
@@ -433,5 +439,5 @@ def test_relay_run_refuses_a_missing_batch_token(
     else:
         monkeypatch.setenv("NO_SUCH_TOKEN_VAR", value)
     argv = ["relay", "run", "--rpc", "http://127.0.0.1:1", "--contract", "0x" + "11" * 20, "--enclave", "x"]
-    assert main([*argv, "--batch-token-env", "NO_SUCH_TOKEN_VAR"]) == 2
+    assert main([*argv, "--chain-id", "1", "--batch-token-env", "NO_SUCH_TOKEN_VAR"]) == 2
     assert "NO_SUCH_TOKEN_VAR is unset or empty" in capsys.readouterr().err

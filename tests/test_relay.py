@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +23,7 @@ from protocol import merkle
 from protocol.receipts import SignedReceipt
 from protocol.tensors import encode_tensors
 from relay.chain import TxSender, connect, deploy
+from relay.policy import FeePolicy
 from relay.registration import attest_enclave, sign_registration, submit_registration
 from relay.runner import Relay
 from relay.state import RelayState
@@ -69,6 +71,18 @@ class Miner:
             self._thread.join()
 
 
+@contextmanager
+def no_automine(chain: Chain) -> Iterator[None]:
+    """Transactions wait in the pool until a block is mined explicitly (or by a Miner)."""
+    chain.rpc("evm_setAutomine", False)
+    try:
+        yield
+    finally:
+        chain.rpc("evm_setAutomine", True)
+        chain.rpc("evm_mine")
+        chain.user.forget_nonce()
+
+
 @pytest.fixture
 def miner(chain: Chain) -> Iterator[Miner]:
     m = Miner(chain).start()
@@ -77,6 +91,8 @@ def miner(chain: Chain) -> Iterator[Miner]:
 
 
 ANCHORING = ("--anchor-min", "1", "--anchor-max", "4096", "--batch-token-env", "RELAY_BATCH_TOKEN")
+FEE = 10**15  # pays for 300,000 callback gas under the relay's default policy (1 gwei per gas + overhead)
+CHAIN_ID = 31337  # anvil's
 
 
 @contextmanager
@@ -104,6 +120,10 @@ def relay_process(
             "0.1",
             "--start-block",
             str(chain.w3.eth.block_number),
+            "--chain-id",
+            str(CHAIN_ID),
+            "--stuck-after",
+            "2",
             *extra,
         ],
         env=env,
@@ -146,9 +166,12 @@ def after(action: Callable[[], object], check: Callable[[], bool]) -> Callable[[
     return run
 
 
-def request(chain: Chain, model: str, data: bytes, sender: TxSender | None = None) -> str:
+def request(
+    chain: Chain, model: str, data: bytes, sender: TxSender | None = None, *, fee: int = FEE, gas: int = 0
+) -> str:
     sender = sender or chain.user
-    receipt = sender.transact(chain.contract.functions.requestInference(chain.models[model], data, 0, 3600))
+    call = chain.contract.functions.requestInference(chain.models[model], data, gas, 3600)
+    receipt = sender.transact(call, value=fee)
     event = chain.contract.events.InferenceRequested().process_receipt(receipt, errors=DISCARD)[0]
     return "0x" + bytes(event["args"]["requestId"]).hex()
 
@@ -161,7 +184,21 @@ def fulfilments(chain: Chain, request_id: str, from_block: int = 0) -> list:
 
 
 def chain_status(chain: Chain, request_id: str) -> int:
-    return int(chain.contract.functions.requests(bytes.fromhex(request_id[2:])).call()[3])
+    return int(chain.contract.functions.getRequest(bytes.fromhex(request_id[2:])).call().status)
+
+
+def local_relay(chain: Chain, server: str, db: Path, **options: object) -> Relay:
+    """The relay's loop in this process (for steps a test controls), as `relay run` would build it."""
+    return Relay(
+        chain.w3,
+        chain.contract,
+        chain.relay.account,
+        [server],
+        RelayState(db),
+        chain_id=CHAIN_ID,
+        confirmations=1,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 def test_consumer_request_is_served_end_to_end(
@@ -178,10 +215,10 @@ def test_consumer_request_is_served_end_to_end(
         asked = []
         for index in range(3):
             data, digit = digit_input(index)
-            tx = chain.user.transact(consumer.functions.classify(data, 300_000, 3600), value=10**14)
+            tx = chain.user.transact(consumer.functions.classify(data, 300_000, 3600), value=FEE)
             event = chain.contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]
             asked.append(("0x" + bytes(event["args"]["requestId"]).hex(), digit))
-        tx = chain.user.transact(iris.functions.classify(iris_input(), 300_000, 3600))
+        tx = chain.user.transact(iris.functions.classify(iris_input(), 300_000, 3600), value=FEE)
         iris_id = chain.contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]["args"][
             "requestId"
         ]
@@ -237,41 +274,46 @@ def test_kill_9_after_seeing_before_serving(chain: Chain, tmp_path: Path, server
     assert all(len(fulfilments(chain, i)) == 1 for i in ids)
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL at one precise instant (BaseException: nothing in the relay catches it)."""
+
+
+def selector(chain: Chain, function: str, *args: object) -> bytes:
+    return bytes.fromhex(chain.contract.encode_abi(function, args=list(args))[2:10])
+
+
+def crash_on_send(chain: Chain, monkeypatch: pytest.MonkeyPatch, selector: bytes) -> list[bytes]:
+    """Make the relay process "die" the first time it broadcasts a call to `selector`; returns the bytes
+    it was about to send."""
+    original = chain.w3.eth.send_raw_transaction
+    lost: list[bytes] = []
+
+    def send(raw: bytes) -> object:
+        if not lost and selector.hex() in bytes(raw).hex():
+            lost.append(bytes(raw))
+            raise Killed
+        return original(raw)
+
+    monkeypatch.setattr(chain.w3.eth, "send_raw_transaction", send)
+    return lost
+
+
 def test_crash_between_recording_and_broadcasting(
-    chain: Chain, server: str, tmp_path: Path, miner: Miner
+    chain: Chain, server: str, tmp_path: Path, miner: Miner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Signed and written to SQLite, never sent: a new relay re-broadcasts the very same transaction."""
     first_block = chain.w3.eth.block_number
     request_id = request(chain, "iris-mlp", iris_input())
-    state = RelayState(tmp_path / "relay.sqlite3")
-    sender = TxSender(chain.w3, chain.relay.account)
-    relay = Relay(
-        chain.w3,
-        chain.contract,
-        sender,
-        [server],
-        state,
-        confirmations=1,
-        start_block=first_block,
+    lost = crash_on_send(
+        chain, monkeypatch, selector(chain, "fulfill", bytes(32), b"", 0, chain.enclave, b"")
     )
-    wait_for(after(relay.scan, lambda: state.request(request_id) is not None), what="request confirmed")
-    row = state.request(request_id)
-    assert row is not None
-    signed, output = relay._infer(relay.enclaves[0], row)
-    call = chain.contract.functions.fulfill(
-        bytes.fromhex(request_id[2:]), output, signed.receipt.timestamp_ms, chain.enclave, signed.signature
-    )
-    tx = sender.sign(call)
-    state.record_signed(request_id, tx.tx_hash, tx.raw, tx.nonce)  # ... and the process dies here
-    state.close()
-    restarted = Relay(
-        chain.w3,
-        chain.contract,
-        TxSender(chain.w3, chain.relay.account),
-        [server],
-        RelayState(tmp_path / "relay.sqlite3"),
-        confirmations=1,
-    )
+    relay = local_relay(chain, server, tmp_path / "relay.sqlite3", start_block=first_block)
+    with pytest.raises(Killed):
+        wait_for(after(relay.step, lambda: False), what="the fatal broadcast")
+    relay.state.close()
+    monkeypatch.undo()
+    assert lost and chain_status(chain, request_id) == 1
+    restarted = local_relay(chain, server, tmp_path / "relay.sqlite3")
     wait_for(
         after(
             restarted.step,
@@ -280,7 +322,8 @@ def test_crash_between_recording_and_broadcasting(
         what="re-broadcast",
     )
     events = fulfilments(chain, request_id)
-    assert len(events) == 1 and "0x" + bytes(events[0]["transactionHash"]).hex() == tx.tx_hash
+    sent = chain.w3.eth.get_transaction(events[0]["transactionHash"])
+    assert len(events) == 1 and bytes(chain.w3.eth.get_raw_transaction(sent["hash"])) == lost[0]
 
 
 def test_enclave_unreachable_for_a_while(chain: Chain, server: str, tmp_path: Path, miner: Miner) -> None:
@@ -313,7 +356,8 @@ def test_reorg_of_the_last_blocks_loses_nothing(chain: Chain, server: str, tmp_p
     miner = Miner(chain).start()
     try:
         signed = chain.user.sign(
-            chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600)
+            chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600),
+            value=FEE,
         )
         chain.user.broadcast(signed)
         wait_for(lambda: chain.user.receipt(signed.tx_hash) is not None, what="request mined")
@@ -331,18 +375,42 @@ def test_reorg_of_the_last_blocks_loses_nothing(chain: Chain, server: str, tmp_p
             miner.stop()
             depth = chain.w3.eth.block_number - request_block + 1
             # Replace every block since the request: the request comes back, the relay's fulfilment does not.
-            chain.rpc("anvil_reorg", depth, [["0x" + signed.raw.hex(), 0]])
-            assert chain_status(chain, request_id) == 1
-            assert fulfilments(chain, request_id, request_block) == []
-            miner.start()
-            wait_for(lambda: chain_status(chain, request_id) == 2, what="fulfilment after the reorg")
-            wait_for(
-                lambda: statuses(db).get(request_id) == "fulfilled", what="relay confirmation after the reorg"
-            )
+            with no_automine(chain):  # the relay's answer waits in the pool: the reorg itself can be seen
+                chain.rpc("anvil_reorg", depth, [["0x" + signed.raw.hex(), 0]])
+                assert chain_status(chain, request_id) == 1
+                assert fulfilments(chain, request_id, request_block) == []
+                miner.start()
+                wait_for(lambda: chain_status(chain, request_id) == 2, what="fulfilment after the reorg")
+                wait_for(
+                    lambda: statuses(db).get(request_id) == "fulfilled",
+                    what="relay confirmation after the reorg",
+                )
         assert len(fulfilments(chain, request_id, request_block)) == 1
     finally:
         miner.stop()
         chain.user.forget_nonce()
+
+
+def test_repeated_kill_9_loses_nothing_and_fulfils_once(
+    chain: Chain, server: str, tmp_path: Path, miner: Miner
+) -> None:
+    """SIGKILL at arbitrary instants while requests keep coming: every one is fulfilled, each exactly once."""
+    db = tmp_path / "relay.sqlite3"
+    start = ("--start-block", str(chain.w3.eth.block_number))
+    ids: list[str] = []
+    rng = random.Random(11)
+    for _ in range(6):
+        ids += [request(chain, "iris-mlp", iris_input()) for _ in range(3)]
+        with relay_process(chain, [server], db, extra=start) as relay:
+            time.sleep(rng.uniform(0.3, 1.5))
+            relay.send_signal(signal.SIGKILL)
+            relay.wait()
+    with relay_process(chain, [server], db, extra=start):
+        wait_for(
+            lambda: all(statuses(db).get(i) == "fulfilled" for i in ids), timeout=90, what="all fulfilled"
+        )
+    for request_id in ids:
+        assert len(fulfilments(chain, request_id)) == 1
 
 
 def test_two_relays_two_enclaves_each_request_once(
@@ -384,31 +452,17 @@ def test_two_relays_two_enclaves_each_request_once(
 def test_gas_price_cap_is_respected(chain: Chain, server: str, tmp_path: Path, miner: Miner) -> None:
     first_block = chain.w3.eth.block_number
     request_id = request(chain, "iris-mlp", iris_input())
-    capped = TxSender(chain.w3, chain.relay.account, gas_price_cap=1)
-    relay = Relay(
-        chain.w3,
-        chain.contract,
-        capped,
-        [server],
-        RelayState(tmp_path / "capped.sqlite3"),
-        confirmations=1,
-        start_block=first_block,
-    )
+    db = tmp_path / "capped.sqlite3"
+    relay = local_relay(chain, server, db, start_block=first_block, policy=FeePolicy(max_gas_price=1))
     wait_for(after(relay.step, lambda: relay.state.request(request_id) is not None), what="request confirmed")
     for _ in range(3):
         relay.step()
         time.sleep(0.3)
     row = relay.state.request(request_id)
-    assert row is not None and row.status == "pending" and row.attempts >= 1
+    assert row is not None and row.status == "pending" and row.attempts >= 1 and "cap" in (row.detail or "")
     assert chain_status(chain, request_id) == 1
-    uncapped = Relay(
-        chain.w3,
-        chain.contract,
-        TxSender(chain.w3, chain.relay.account),
-        [server],
-        relay.state,
-        confirmations=1,
-    )
+    relay.state.close()
+    uncapped = local_relay(chain, server, db)
     wait_for(
         after(uncapped.step, lambda: chain_status(chain, request_id) == 2), what="fulfilment without cap"
     )
@@ -440,3 +494,46 @@ def test_relay_anchors_receipt_batches(chain: Chain, server: str, tmp_path: Path
         merkle.proof(digests, len(digests) - 1),
     ).call()
     assert enclave == event["enclave"]
+
+
+def test_a_freed_nonce_below_a_live_transaction_is_filled(chain: Chain, tmp_path: Path) -> None:
+    """The transaction manager's nonce rules on a real node: a transaction that took a nonce and was never
+    signed (a crash) is dropped when no longer needed, and the hole it leaves below a live transaction is
+    filled with a self-transfer, or the later one would wait for ever."""
+    from relay.state import TxStatus
+    from relay.txmanager import TxManager
+
+    account = chain.user.account
+    store = RelayState(tmp_path / "tx.sqlite3").txs
+    txm = TxManager(
+        chain.w3,
+        account,
+        store,
+        FeePolicy(),
+        chain_id=CHAIN_ID,
+        confirmations=1,
+        needed=lambda tx: tx.ref != "abandoned",
+    )
+    nonce = txm.allocate_nonce()
+    assert nonce == chain.w3.eth.get_transaction_count(account.address)
+
+    def queue(ref: str) -> int:
+        row = store.create(
+            kind="test", ref=ref, guard="", nonce=txm.allocate_nonce(), to_address=account.address,
+            data=b"", value=0, gas=21_000,
+        )  # fmt: skip
+        return row.id
+
+    with no_automine(chain):
+        abandoned, wanted = queue("abandoned"), queue("wanted")
+        assert [store.get(i).nonce for i in (abandoned, wanted)] == [nonce, nonce + 1]  # type: ignore[union-attr]
+        txm.tick()
+        assert store.get(abandoned).status == TxStatus.DROPPED  # type: ignore[union-attr]
+        assert store.get(wanted).status == TxStatus.BROADCAST  # type: ignore[union-attr]
+        fillers = [row for row in store.live() if row.kind == "cancel"]
+        assert [row.nonce for row in fillers] == [nonce]
+        for _ in range(2):
+            chain.rpc("evm_mine")
+        txm.tick()
+    assert chain.w3.eth.get_transaction_count(account.address) == nonce + 2
+    assert store.get(wanted).status == store.get(fillers[0].id).status == TxStatus.CONFIRMED  # type: ignore[union-attr]

@@ -21,6 +21,8 @@ from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, stop
 
 from .chain_fixtures import Chain
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_KEY", ANVIL_KEYS[1])
@@ -67,6 +69,8 @@ def test_relay_never_logs_its_key(chain: Chain, server: str, tmp_path: Path) -> 
             str(tmp_path / "r.sqlite3"),
             "--poll",
             "0.1",
+            "--chain-id",
+            str(chain.w3.eth.chain_id),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -205,6 +209,8 @@ def test_usage_errors(capsys) -> None:
                 "0x0",
                 "--enclave",
                 "x",
+                "--chain-id",
+                "1",
                 "--key-env",
                 "UNSET_VARIABLE_FOR_TEST",
             ]
@@ -234,7 +240,7 @@ def test_deploy_command(chain: Chain, monkeypatch: pytest.MonkeyPatch, capsys) -
     assert main(["relay", "deploy", "--rpc", chain.url]) == 0
     address = capsys.readouterr().out.strip()
     deployed = chain.w3.eth.contract(address=address, abi=chain.contract.abi)
-    assert deployed.functions.admin().call() == Account.from_key(ANVIL_KEYS[5]).address
+    assert deployed.functions.owner().call() == Account.from_key(ANVIL_KEYS[5]).address
 
 
 def test_approve_command(snapshot: Chain, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -242,21 +248,36 @@ def test_approve_command(snapshot: Chain, monkeypatch: pytest.MonkeyPatch, capsy
 
     def approve(*options: str) -> int:
         return main(
-            ["relay", "approve", "--rpc", snapshot.url, "--contract", snapshot.contract.address, *options]
+            [
+                "relay",
+                "approve",
+                "--rpc",
+                snapshot.url,
+                "--contract",
+                snapshot.contract.address,
+                "--manifest",
+                str(REPO / "models"),
+                *options,
+            ]
         )
 
     monkeypatch.setenv("VERINFER_KEY", ANVIL_KEYS[0])
     pcrs = [os.urandom(48) for _ in range(3)]
-    model = os.urandom(32)
+    model = snapshot.models["iris-mlp"]
+    snapshot.admin.transact(snapshot.contract.functions.revokeModel(model))
     stranger = Account.create().address
     code = approve(
         "--image-pcrs", *(p.hex() for p in pcrs), "--model", "0x" + model.hex(), "--verifier", stranger
     )
     assert code == 0, capsys.readouterr()
     assert snapshot.contract.functions.approvedImages(image_id(dict(enumerate(pcrs)))).call()
-    assert snapshot.contract.functions.approvedModels(model).call()
+    # The layout approved with the model is the manifest's (the same as the server's GET /models).
+    assert snapshot.contract.functions.modelLayouts(model).call() == snapshot.layouts[model]
     assert snapshot.contract.functions.attestationVerifiers(stranger).call()
     assert approve("--image-pcrs", "00", "11", "22") == 2
+    capsys.readouterr()
+    assert approve("--model", "0x" + os.urandom(32).hex()) == 2  # not in the manifest: no layout to approve
+    assert "not in" in capsys.readouterr().err
     monkeypatch.setenv("VERINFER_KEY", ANVIL_KEYS[5])  # not the admin
     assert approve("--model", "0x" + model.hex()) == 1
-    assert "NotAdmin" in capsys.readouterr().out
+    assert "OwnableUnauthorizedAccount" in capsys.readouterr().out

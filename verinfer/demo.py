@@ -28,7 +28,7 @@ from protocol.images import image_id
 from protocol.receipts import SignedReceipt
 from protocol.tensors import encode_tensors
 from relay.chain import TxSender, connect, deploy
-from relay.deployment import configure, deploy_verifier
+from relay.deployment import configure, deploy_verifier, served_approvals
 
 from .cli import main as verinfer
 from .processes import (
@@ -216,7 +216,7 @@ def chain_steps(url: str, pki: Path) -> None:
             admin,
             contract,
             images=[image],
-            models=[bytes.fromhex(m["sha256"]) for m in models],
+            models=served_approvals(models),
             attestation_verifiers=[verifier_key.address],
         )
         print(f"image 0x{image.hex()} (PCR0 {pcrs[0].hex()[:24]}...)")
@@ -270,6 +270,7 @@ def chain_steps(url: str, pki: Path) -> None:
         )
         mnist = np.load(REPO / "models" / "data" / "mnist-eval.npz")
         image_input = encode_tensors([("image", (mnist["x"][7:8, None] / 255.0).astype(np.float32))])
+        # The relay's default policy serves a request paying >= 1 gwei per gas of (callback + 100k overhead).
         tx = user.transact(consumer.functions.classify(image_input, 300_000, 3600), value=10**15)
         request_id = bytes(
             contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]["args"]["requestId"]
@@ -280,7 +281,8 @@ def chain_steps(url: str, pki: Path) -> None:
         )
         print(
             f"$ RELAY_BATCH_TOKEN=... verinfer relay run --enclave {url} --rpc {rpc} "
-            f"--contract {contract.address} --anchor-min 1 --batch-token-env RELAY_BATCH_TOKEN"
+            f"--contract {contract.address} --chain-id {w3.eth.chain_id} --anchor-min 1 "
+            "--batch-token-env RELAY_BATCH_TOKEN"
         )
         stack.enter_context(
             background(
@@ -296,6 +298,8 @@ def chain_steps(url: str, pki: Path) -> None:
                     contract.address,
                     "--db",
                     str(WORK / "relay.sqlite3"),
+                    "--chain-id",
+                    str(w3.eth.chain_id),
                     "--confirmations",
                     "1",
                     "--poll",
