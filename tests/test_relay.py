@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -171,7 +172,11 @@ def request(
 ) -> str:
     sender = sender or chain.user
     call = chain.contract.functions.requestInference(chain.models[model], data, gas, 3600)
-    receipt = sender.transact(call, value=fee)
+    return requested_id(chain, sender.transact(call, value=fee))
+
+
+def requested_id(chain: Chain, receipt: Any) -> str:
+    """The request id of the InferenceRequested event in a transaction receipt."""
     event = chain.contract.events.InferenceRequested().process_receipt(receipt, errors=DISCARD)[0]
     return "0x" + bytes(event["args"]["requestId"]).hex()
 
@@ -216,12 +221,9 @@ def test_consumer_request_is_served_end_to_end(
         for index in range(3):
             data, digit = digit_input(index)
             tx = chain.user.transact(consumer.functions.classify(data, 300_000, 3600), value=FEE)
-            event = chain.contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]
-            asked.append(("0x" + bytes(event["args"]["requestId"]).hex(), digit))
+            asked.append((requested_id(chain, tx), digit))
         tx = chain.user.transact(iris.functions.classify(iris_input(), 300_000, 3600), value=FEE)
-        iris_id = chain.contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]["args"][
-            "requestId"
-        ]
+        iris_id = bytes.fromhex(requested_id(chain, tx)[2:])
         wait_for(lambda: all(statuses(db).get(rid) == "fulfilled" for rid, _ in asked), what="fulfilment")
         wait_for(lambda: iris.functions.answered(iris_id).call(), what="iris callback")
     for request_id, digit in asked:
@@ -362,14 +364,7 @@ def test_reorg_of_the_last_blocks_loses_nothing(chain: Chain, server: str, tmp_p
         chain.user.broadcast(signed)
         wait_for(lambda: chain.user.receipt(signed.tx_hash) is not None, what="request mined")
         request_block = chain.user.receipt(signed.tx_hash)["blockNumber"]
-        request_id = (
-            "0x"
-            + bytes(
-                chain.contract.events.InferenceRequested().process_receipt(
-                    chain.user.receipt(signed.tx_hash), errors=DISCARD
-                )[0]["args"]["requestId"]
-            ).hex()
-        )
+        request_id = requested_id(chain, chain.user.receipt(signed.tx_hash))
         with relay_process(chain, [server], db, extra=("--start-block", str(request_block - 1))):
             wait_for(lambda: statuses(db).get(request_id) == "fulfilled", what="first fulfilment")
             miner.stop()

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from web3.logs import DISCARD
 
 from attestation import Policy, TrustedRoot
 from attestation.nsm import open_nsm
@@ -49,6 +48,7 @@ from .test_relay import (
     no_automine,
     relay_process,
     request,
+    requested_id,
     selector,
     statuses,
     wait_for,
@@ -186,9 +186,7 @@ def self_transfer(chain: Chain) -> bytes:
 
 
 def request_id_of(chain: Chain, tx_hash: str) -> str:
-    receipt = chain.user.receipt(tx_hash)
-    event = chain.contract.events.InferenceRequested().process_receipt(receipt, errors=DISCARD)[0]
-    return "0x" + bytes(event["args"]["requestId"]).hex()
+    return requested_id(chain, chain.user.receipt(tx_hash))
 
 
 class SpikeMiner(Miner):
@@ -295,14 +293,7 @@ def test_default_gas_price_cap(chain: Chain, server: str, tmp_path: Path) -> Non
             )
             wait_for(lambda: chain.user.receipt(tx) is not None, what="the request mined")
             receipt = chain.user.receipt(tx)
-            request_id = (
-                "0x"
-                + bytes(
-                    chain.contract.events.InferenceRequested().process_receipt(receipt, errors=DISCARD)[0][
-                        "args"
-                    ]["requestId"]
-                ).hex()
-            )
+            request_id = requested_id(chain, receipt)
             before = relay_nonce(chain)
             with relay_process(chain, [server], db, extra=begin):
                 wait_for(lambda: request_id in statuses(db), what="the request seen")
@@ -556,14 +547,7 @@ def test_reorg_that_recreates_a_request_with_another_input(chain: Chain, server:
         chain.w3.eth.send_raw_transaction(signed[0].raw_transaction)
         wait_for(lambda: chain.user.receipt("0x" + bytes(signed[0].hash).hex()) is not None, what="request A")
         receipt = chain.user.receipt("0x" + bytes(signed[0].hash).hex())
-        request_id = (
-            "0x"
-            + bytes(
-                chain.contract.events.InferenceRequested().process_receipt(receipt, errors=DISCARD)[0][
-                    "args"
-                ]["requestId"]
-            ).hex()
-        )
+        request_id = requested_id(chain, receipt)
         with relay_process(chain, [f"http://127.0.0.1:{port}"], db, extra=begin):
             wait_for(lambda: request_id in statuses(db), what="request A recorded (no enclave yet)")
             mining.stop()
@@ -634,14 +618,7 @@ def test_reorg_deeper_than_64_blocks(chain: Chain, server: str, tmp_path: Path) 
         chain.user.broadcast(signed)
         wait_for(lambda: chain.user.receipt(signed.tx_hash) is not None, what="request mined")
         request_block = chain.user.receipt(signed.tx_hash)["blockNumber"]
-        request_id = (
-            "0x"
-            + bytes(
-                chain.contract.events.InferenceRequested().process_receipt(
-                    chain.user.receipt(signed.tx_hash), errors=DISCARD
-                )[0]["args"]["requestId"]
-            ).hex()
-        )
+        request_id = requested_id(chain, chain.user.receipt(signed.tx_hash))
         with relay_process(chain, [server], db, extra=begin):
             wait_for(lambda: statuses(db).get(request_id) == "fulfilled", what="first fulfilment")
             mining.stop()
