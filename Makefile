@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup test lint typecheck pytest demo bench fuzz bench-instructions models contracts image image-tools enclave-lock clean
+.PHONY: setup test lint typecheck pytest demo bench chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
 
 setup: $(STAMP) $(NPM_STAMP) image-tools
 
@@ -55,6 +55,11 @@ bench: setup
 	$(BIN)/python -m bench.bench_attestation
 	$(BIN)/python -m bench.bench_server
 	$(BIN)/python -m bench.bench_gas
+
+# Two relays under 100 SIGKILLs, a 30 s RPC outage, a reorg deeper than their confirmations and a gas
+# spike; exits 1 if a request is lost or fulfilled twice, a nonce sticks, or a fee goes astray (docs/RELIABILITY.md).
+chaos: setup
+	$(BIN)/python -m bench.chaos --kills 100 --outage-s 30
 
 # The parsers under a million fuzzed inputs, and the whole API under schemathesis (docs/BENCHMARKS.md).
 fuzz: setup
