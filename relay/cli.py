@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def _account(args: argparse.Namespace, env: str | None = None) -> Any:
-    from .keys import KeyError_, load_account
+    from .keys import KeyConfigError, load_account
 
     try:
         return load_account(
@@ -25,7 +25,7 @@ def _account(args: argparse.Namespace, env: str | None = None) -> Any:
             keystore=getattr(args, "keystore", None),
             password_env=getattr(args, "password_env", None),
         )
-    except KeyError_ as exc:
+    except KeyConfigError as exc:
         raise UsageError(str(exc)) from exc
 
 

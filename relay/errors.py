@@ -1,4 +1,7 @@
-"""The relay's one exception hierarchy: the loop tells "try again later" from "never" by type alone."""
+"""The relay's one exception hierarchy: the loop tells "try again later" from "never" by type alone.
+
+Three members live beside the code that raises them: `http_client.OutboundError` (an enclave or verifier
+call failed), `registration.RegistrationError` (an attestation was refused) and `keys.KeyConfigError`."""
 
 from __future__ import annotations
 

@@ -31,6 +31,8 @@ from typing import Any, Literal, TypeVar
 import httpx
 import orjson
 
+from .errors import RelayError
+
 DEFAULT_DEADLINE_S = 10.0
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -41,7 +43,7 @@ Kind = Literal["deadline", "too_large", "connect", "network", "status", "protoco
 T = TypeVar("T")
 
 
-class OutboundError(Exception):
+class OutboundError(RelayError):
     """An outbound call that did not produce a usable response. `kind` says which way it failed; the
     message names the method and URL (never headers, so a bearer token cannot end up in a log)."""
 

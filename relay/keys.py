@@ -12,8 +12,10 @@ from pathlib import Path
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
+from .errors import RelayError
 
-class KeyError_(ValueError):
+
+class KeyConfigError(RelayError, ValueError):
     """No usable key was configured."""
 
 
@@ -24,19 +26,19 @@ def load_account(
     if keystore is not None:
         password = os.environ.get(password_env or "", "")
         if not password_env or password_env not in os.environ:
-            raise KeyError_(
+            raise KeyConfigError(
                 f"keystore {keystore} needs its password in an environment variable (--password-env)"
             )
         try:
             secret = Account.decrypt(json.loads(Path(keystore).read_text()), password)
         except (OSError, ValueError) as exc:
-            raise KeyError_(f"cannot unlock keystore {keystore}: {type(exc).__name__}") from None
+            raise KeyConfigError(f"cannot unlock keystore {keystore}: {type(exc).__name__}") from None
         account: LocalAccount = Account.from_key(secret)
         return account
     if key_env is None or not os.environ.get(key_env):
-        raise KeyError_(f"set the private key in ${key_env}" if key_env else "no key configured")
+        raise KeyConfigError(f"set the private key in ${key_env}" if key_env else "no key configured")
     try:
         loaded: LocalAccount = Account.from_key(os.environ[key_env])
     except (ValueError, TypeError):
-        raise KeyError_(f"${key_env} does not hold a valid private key") from None
+        raise KeyConfigError(f"${key_env} does not hold a valid private key") from None
     return loaded

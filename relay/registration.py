@@ -25,6 +25,7 @@ from protocol.hashing import keccak256 as keccak
 from protocol.images import image_id
 
 from .chain import TxSender
+from .errors import RelayError
 from .http_client import HttpResponse, Limits, OutboundError, request_async, run_blocking
 
 REGISTRATION_TYPEHASH = keccak(
@@ -35,7 +36,7 @@ DOMAIN_TYPEHASH = keccak(
 )
 
 
-class RegistrationError(RuntimeError):
+class RegistrationError(RelayError):
     """The enclave could not be attested (unreachable, or its document failed verification)."""
 
 

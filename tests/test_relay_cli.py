@@ -14,7 +14,7 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 
 from attestation import Policy, TrustedRoot
-from relay.keys import KeyError_, load_account
+from relay.keys import KeyConfigError, load_account
 from relay.verifier_service import create_verifier_app
 from verinfer.cli import main
 from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, stop
@@ -38,17 +38,17 @@ def test_key_from_keystore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     account = load_account(keystore=keystore, password_env="KS_PASSWORD")
     assert account.address == Account.from_key(ANVIL_KEYS[2]).address
     monkeypatch.setenv("KS_PASSWORD", "wrong")
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyConfigError) as info:
         load_account(keystore=keystore, password_env="KS_PASSWORD")
     assert "wrong" not in str(info.value) and ANVIL_KEYS[2][2:] not in str(info.value)
 
 
 def test_bad_key_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_KEY", "0xnot-a-key-but-secret-looking")
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyConfigError) as info:
         load_account(key_env="TEST_KEY")
     assert "secret-looking" not in str(info.value) and info.value.__cause__ is None
-    with pytest.raises(KeyError_, match="MISSING_KEY"):
+    with pytest.raises(KeyConfigError, match="MISSING_KEY"):
         load_account(key_env="MISSING_KEY")
 
 
