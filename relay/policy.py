@@ -53,19 +53,22 @@ class FeePolicy:
             return f"fee {fee} wei is below the minimum {minimum} wei for {callback_gas} callback gas"
         return None
 
-    def unprofitable_at(self, price: int, *, fee: int, callback_gas: int) -> str | None:
-        """Why the request should not be served at gas price `price` now (it waits), or None.
+    def price_ceiling(self, *, fee: int, callback_gas: int) -> int:
+        """The highest gas price a request's fulfil may be signed or re-priced at: the cap, and below it
+        the price at which the fee still pays for the gas (passing `refuse` only says it pays at
+        `min_fee_per_gas`). An operator with `min_fee_per_gas = 0` serves for free, up to the cap."""
+        if self.min_fee_per_gas == 0:
+            return self.max_gas_price
+        return min(self.max_gas_price, fee // (callback_gas + self.fulfil_overhead_gas))
 
-        Passing `refuse` only says the fee covers the gas at `min_fee_per_gas`; at a higher network price
-        the same fee is a loss. An operator with `min_fee_per_gas = 0` serves for free, at any price."""
+    def unprofitable_at(self, price: int, *, fee: int, callback_gas: int) -> str | None:
+        """Why the request should not be served at gas price `price` now (it waits), or None."""
         if price > self.max_gas_price:
             return f"gas price {price} wei is above the cap {self.max_gas_price} wei; waiting"
-        if self.min_fee_per_gas == 0:
+        ceiling = self.price_ceiling(fee=fee, callback_gas=callback_gas)
+        if price <= ceiling:
             return None
-        break_even = fee // (callback_gas + self.fulfil_overhead_gas)
-        if price <= break_even:
-            return None
-        return f"gas price {price} wei is above this request's break-even {break_even} wei; waiting"
+        return f"gas price {price} wei is above this request's break-even {ceiling} wei; waiting"
 
     def bumped(self, price: int) -> int:
         """The smallest price a replacement of a transaction priced `price` may use (the node's rule)."""

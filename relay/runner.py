@@ -396,6 +396,7 @@ class Relay:
 
     def _serve(self, row: RequestRow) -> None:
         problems = []
+        ceiling = self.policy.price_ceiling(fee=row.fee, callback_gas=row.callback_gas)
         for enclave in self._enclaves_in_turn():
             try:
                 signed, output = self._infer(enclave, row)
@@ -412,7 +413,7 @@ class Relay:
                 signed.signature,
             )
             try:
-                tx = self.txm.submit(FULFIL, row.id, row.input_hash, call)
+                tx = self.txm.submit(FULFIL, row.id, row.input_hash, call, max_price=ceiling)
             except ChainError as exc:
                 if exc.error in ("RequestNotPending", "RequestExpired"):
                     self._settle_from_chain(row, self._request(row.id).status)

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS transactions (
     data BLOB NOT NULL,
     value TEXT NOT NULL,
     gas INTEGER NOT NULL,
+    max_price INTEGER,
     confirmed_block INTEGER,
     confirmed_hash TEXT,
     detail TEXT,
@@ -173,6 +174,7 @@ class TxRow:
     confirmed_hash: str | None
     detail: str | None
     created: float
+    max_price: int | None  # the highest gas price this one may be signed at (None: the policy's cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +439,7 @@ class TxStore:
 
     _COLUMNS = (
         "id, kind, ref, guard, nonce, status, to_address, data, value, gas, confirmed_block, confirmed_hash, "
-        "detail, created"
+        "detail, created, max_price"
     )
 
     def __init__(self, db: sqlite3.Connection) -> None:
@@ -462,6 +464,7 @@ class TxStore:
                 r[11],
                 r[12],
                 r[13],
+                r[14],
             )
             for r in self.db.execute(query, params).fetchall()
         ]
@@ -477,13 +480,27 @@ class TxStore:
         data: bytes,
         value: int,
         gas: int,
+        max_price: int | None = None,
     ) -> TxRow:
         """A queued transaction holding `nonce` (committed: the nonce is taken before anything is signed)."""
         now = time.time()
         cursor = self.db.execute(
             "INSERT INTO transactions (kind, ref, guard, nonce, status, to_address, data, value, gas, "
-            "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (kind, ref, guard, nonce, TxStatus.QUEUED, to_address, data, str(value), gas, now, now),
+            "max_price, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kind,
+                ref,
+                guard,
+                nonce,
+                TxStatus.QUEUED,
+                to_address,
+                data,
+                str(value),
+                gas,
+                max_price,
+                now,
+                now,
+            ),
         )
         row = self.get(int(cursor.lastrowid or 0))
         assert row is not None

@@ -94,11 +94,17 @@ class TxManager:
     def network_price(self) -> int:
         return int(self.w3.eth.gas_price)
 
-    def price(self) -> int:
-        """The price a new transaction is signed with; GasPriceTooHigh above the cap."""
-        price = self.network_price()
-        if price > self.policy.max_gas_price:
-            raise GasPriceTooHigh(f"gas price {price} wei is above the cap {self.policy.max_gas_price} wei")
+    def ceiling(self, row: TxRow | None = None) -> int:
+        """The highest price `row` may be signed at: the policy's cap, or the row's own lower one (a
+        fulfil's break-even price, so that re-pricing never turns a paid request into a loss)."""
+        cap = self.policy.max_gas_price
+        return cap if row is None or row.max_price is None else min(cap, row.max_price)
+
+    def price(self, row: TxRow | None = None) -> int:
+        """The price a new transaction is signed with; GasPriceTooHigh above its ceiling."""
+        price, ceiling = self.network_price(), self.ceiling(row)
+        if price > ceiling:
+            raise GasPriceTooHigh(f"gas price {price} wei is above the cap {ceiling} wei")
         return price
 
     def allocate_nonce(self) -> int:
@@ -116,9 +122,14 @@ class TxManager:
 
     # --- submitting -------------------------------------------------------------------------------------
 
-    def submit(self, kind: str, ref: str, guard: str, call: ContractFunction) -> TxRow:
+    def submit(
+        self, kind: str, ref: str, guard: str, call: ContractFunction, *, max_price: int | None = None
+    ) -> TxRow:
         """Estimate (which surfaces reverts as ChainError with the custom error), take a nonce, sign, record,
-        then broadcast. The caller has checked that the work is needed."""
+        then broadcast. The caller has checked that the work is needed. `max_price`: this transaction's own
+        gas price ceiling below the policy's cap, kept for every re-pricing."""
+        if max_price is not None and self.network_price() > max_price:
+            raise GasPriceTooHigh(f"gas price {self.network_price()} wei is above the cap {max_price} wei")
         try:
             estimate = int(call.estimate_gas(TxParams({"from": self.account.address})))
         except (ContractCustomError, ContractLogicError) as exc:
@@ -144,6 +155,7 @@ class TxManager:
             data=bytes(Web3.to_bytes(hexstr=HexStr(str(tx["data"])))),
             value=int(tx.get("value", 0)),
             gas=int(tx["gas"]),
+            max_price=max_price,
         )
         attempt = self._sign(row, price)
         self._send(row, attempt)
@@ -245,7 +257,7 @@ class TxManager:
         if not attempts:  # queued: nothing signed yet
             if not self._still_needed(row, outstanding=False):
                 return
-            attempt = self._sign(row, self.price())
+            attempt = self._sign(row, self.price(row))
             self._send(row, attempt)
             return
         latest = attempts[0]
@@ -277,12 +289,14 @@ class TxManager:
     def _bump(self, row: TxRow, latest: Attempt) -> None:
         """Replace a stuck (or underpriced) transaction: same nonce and call, a higher price under the cap."""
         floor = self.policy.bumped(latest.gas_price)
-        price = max(floor, self.network_price())
-        if price > self.policy.max_gas_price:
-            if floor > self.policy.max_gas_price:
-                self.store.note(row.id, f"stuck at {latest.gas_price} wei: a bump would pass the cap")
+        price, ceiling = max(floor, self.network_price()), self.ceiling(row)
+        if price > ceiling:
+            if floor > ceiling:
+                self.store.note(
+                    row.id, f"stuck at {latest.gas_price} wei: a bump would pass the cap {ceiling}"
+                )
                 return
-            price = self.policy.max_gas_price
+            price = ceiling
         attempt = self._sign(row, price)
         log.info(
             "tx %d (%s %s) nonce %d re-priced %d -> %d wei",

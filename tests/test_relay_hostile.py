@@ -328,7 +328,9 @@ def test_stuck_transaction_is_repriced_and_does_not_stall_the_loop(
     try:
         with relaxed_base_fee(chain), relay_process(chain, [server], db, extra=begin), no_automine(chain):
             call = chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600)
-            first_tx = send_at(chain, call, 2 * GWEI)
+            first_tx = send_at(
+                chain, call, 2 * GWEI, value=10**17
+            )  # worth re-pricing for: break-even 1000 gwei
             for _ in range(2):
                 chain.rpc("evm_mine")
             first = request_id_of(chain, first_tx)
@@ -351,6 +353,46 @@ def test_stuck_transaction_is_repriced_and_does_not_stall_the_loop(
     with sqlite3.connect(db) as conn:
         prices = [int(p) for (p,) in conn.execute("SELECT gas_price FROM attempts ORDER BY signed_at")]
     assert max(prices) > min(prices) and max(prices) <= 100 * GWEI  # re-priced, under the default cap
+
+
+def test_re_pricing_stops_at_the_requests_break_even(chain: Chain, server: str, tmp_path: Path) -> None:
+    """A fulfil of a request paying 10 gwei per gas is not re-priced to 20 gwei under a spike: that would be
+    served at a loss. It waits at its break-even and gets through once the spike is over."""
+    db = tmp_path / "relay.sqlite3"
+    begin = start_arg(chain)
+    spike = SpikeMiner(chain, 20 * GWEI)
+    fee = 10 * GWEI * FULFIL_OVERHEAD_GAS  # break-even 10 gwei
+    try:
+        with relaxed_base_fee(chain), relay_process(chain, [server], db, extra=begin), no_automine(chain):
+            call = chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600)
+            tx = send_at(chain, call, 2 * GWEI, value=fee)
+            for _ in range(2):
+                chain.rpc("evm_mine")
+            request_id = request_id_of(chain, tx)
+            wait_for(lambda: statuses(db).get(request_id) == "submitted", what="the fulfilment sent")
+            spike.start()
+            wait_for(lambda: "would pass" in (tx_detail(db) or ""), what="re-pricing to stop at break-even")
+            assert chain_status(chain, request_id) == 1
+            spike.stop()
+            miner = Miner(chain).start()
+            try:
+                wait_for(
+                    lambda: statuses(db).get(request_id) == "fulfilled", what="fulfilment after the spike"
+                )
+            finally:
+                miner.stop()
+    finally:
+        spike.stop()
+    with sqlite3.connect(db) as conn:
+        prices = [int(p) for (p,) in conn.execute("SELECT gas_price FROM attempts")]
+    assert max(prices) <= 10 * GWEI
+
+
+def tx_detail(db: Path) -> str | None:
+    """The newest note on the relay's transactions."""
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT detail FROM transactions ORDER BY updated DESC LIMIT 1").fetchone()
+    return row[0] if row else None
 
 
 def test_anchor_transaction_lost_from_the_mempool_is_sent_again(
