@@ -11,6 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from eth_account import Account
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from web3.logs import DISCARD
 
 from attestation import Policy, TrustedRoot
@@ -18,7 +20,7 @@ from protocol import merkle
 from protocol.hashing import keccak256
 from protocol.onchain import fulfilment_id, output_layout
 from protocol.receipts import SignedReceipt
-from protocol.tensors import BY_V2, decode_tensors, encode_tensors
+from protocol.tensors import BY_V2, DTYPES, DType, decode_tensors, encode_tensors
 from relay.chain import ChainError, custom_error, deploy
 from relay.registration import attest_enclave, registration_digest, sign_registration, submit_registration
 from verinfer.processes import ANVIL_KEYS, bearer
@@ -474,3 +476,26 @@ def test_unknown_request(chain: Chain) -> None:
         chain.contract.functions.fulfill(bytes(32), b"", 0, chain.enclave, bytes(65)),
         chain.relay,
     )
+
+
+TENSORS = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=12),
+        st.sampled_from(DTYPES),
+        st.lists(st.integers(min_value=0, max_value=3), max_size=3),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(TENSORS)
+def test_solidity_layout_hash_matches_python_for_any_encoding(
+    chain: Chain, tensors: list[tuple[str, DType, list[int]]]
+) -> None:
+    """TensorCodec.layoutHash of an encoding is output_layout of its (name, dtype) pairs, whatever the
+    shapes (zero-sized included) and dtypes: the rule fulfil uses to refuse partial outputs."""
+    arrays = [(name, np.zeros(shape, dtype=dtype.numpy)) for name, dtype, shape in tensors]
+    expected = output_layout([(name, dtype) for name, dtype, _ in tensors])
+    assert chain.harness.functions.layoutHash(encode_tensors(arrays)).call() == expected
