@@ -536,26 +536,20 @@ class Relay:
         if merkle.root([r.receipt.digest() for r in receipts]) != bytes.fromhex(root[2:]):
             log.warning("enclave %s sent a batch whose root does not match its receipts", enclave.url)
             return
-        status = BatchStatus.SUBMITTED
         existing = self.state.txs.latest_for(ANCHOR, root)
-        if existing is not None and existing.status in (*LIVE_TX, TxStatus.CONFIRMED):
-            pass  # sent before a crash: record it, the transaction manager carries it on
-        elif self._anchored(root):
-            status = BatchStatus.SKIPPED
+        send = existing is None or existing.status not in (*LIVE_TX, TxStatus.CONFIRMED)
+        status = BatchStatus.SUBMITTED
+        if send and self._anchored(root):
+            send, status = False, BatchStatus.SKIPPED
             log.info(
                 "batch %s (%d receipts from %s) is already anchored: skipping it",
                 root,
                 batch["count"],
                 signer,
             )
-        else:
-            try:
-                self._submit_anchor(root, batch["count"], batch["signature"])
-            except ChainError as exc:
-                if exc.error != "AlreadyAnchored":
-                    self._batch_problem(enclave, exc)
-                    return
-                status = BatchStatus.SKIPPED
+        # The batch and the cursor past it are recorded before the transaction exists: a crash in between
+        # leaves a recorded batch without a transaction, which check_batches sends. (Recorded after, a crash
+        # would leave the cursor behind, and the next, larger batch would anchor the same receipts again.)
         with self.state.transaction() as db:
             self.state.record_batch(
                 db,
@@ -568,8 +562,17 @@ class Relay:
                 status=status,
             )
             self.state.set_cursor(db, signer, int(batch["next"]))
-        if status == BatchStatus.SUBMITTED:
-            log.info("anchoring %d receipts from %s under root %s", batch["count"], signer, root)
+        if not send:
+            return
+        try:
+            self._submit_anchor(root, batch["count"], batch["signature"])
+        except ChainError as exc:
+            if exc.error == "AlreadyAnchored":
+                self.state.set_batch_status(root, BatchStatus.SKIPPED, "anchored by someone else")
+            else:  # check_batches tries again, or gives the batch up if the contract refuses it for good
+                self._batch_problem(enclave, exc)
+            return
+        log.info("anchoring %d receipts from %s under root %s", batch["count"], signer, root)
 
     def _batch_problem(self, enclave: EnclaveClient, exc: Exception) -> None:
         """Log why batches cannot be had from `enclave` once per change (the loop polls every second)."""

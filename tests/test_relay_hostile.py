@@ -529,6 +529,42 @@ def test_kill_between_recording_a_batch_and_broadcasting_it(
         )
 
 
+def test_kill_after_sending_an_anchor_does_not_anchor_its_receipts_twice(
+    chain: Chain, server_pki: Path, tmp_path: Path, miner: Miner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the anchor transaction was sent but before the batch and the cursor past it were
+    recorded, the relay used to ask again from the old cursor: the log had grown meanwhile, so a second,
+    larger batch anchored the same receipts again (gas paid twice)."""
+    db = tmp_path / "relay.sqlite3"
+    since = chain.w3.eth.block_number
+    with local_enclave(server_pki) as url:
+        enclave = register(chain, url, server_pki)
+        receipts(url, 2)
+        options: dict[str, Any] = {"anchor_min": 1, "batch_token": BATCH_TOKEN, "start_block": since}
+        relay = local_relay(chain, url, db, **options)
+        original = relay.txm.submit
+
+        def submit_then_die(*args: Any, **kwargs: Any) -> Any:
+            original(*args, **kwargs)
+            raise Killed
+
+        monkeypatch.setattr(relay.txm, "submit", submit_then_die)
+        with pytest.raises(Killed):
+            wait_for(after(relay.step, lambda: False), what="the fatal moment")
+        relay.state.close()
+        monkeypatch.undo()
+        receipts(url, 2)  # the log grows while the relay is down
+        restarted = local_relay(chain, url, db, **options)
+        wait_for(
+            after(restarted.step, lambda: sum(b["count"] for b in anchored(chain, since, enclave)) >= 4),
+            what="all four receipts anchored",
+        )
+        for _ in range(5):
+            restarted.step()
+    counts = [int(b["count"]) for b in anchored(chain, since, enclave)]
+    assert sum(counts) == 4, counts  # each receipt in exactly one anchored batch
+
+
 def test_node_answers_to_a_raw_transaction_are_classified(chain: Chain, tmp_path: Path) -> None:
     """Today "transaction already imported" (anvil's "already known") was raised out of the loop, which then
     backed off for seconds; a node's refusal is now an outcome of that one transaction."""
