@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ from .state import (
     TxRow,
     TxStatus,
 )
-from .txmanager import TxManager
+from .txmanager import TxManager, check_chain_id
 
 log = logging.getLogger("verinfer.relay")
 SCAN_CHUNK = 2000
@@ -163,11 +164,14 @@ class Relay:
         anchor_max: int = 512,
         batch_token: str | None = None,
         signer_recheck_s: float = 5.0,
+        chain_recheck_s: float = 60.0,
     ) -> None:
         """`http_timeout` is the total deadline of each call to an enclave and `http_max_bytes` the largest
         answer read; `batch_token` is sent as `Authorization: Bearer` on /receipts/batch (enclaves started
         with --batch-token-sha256 serve batches only to its holder). `signer_recheck_s`: how often an idle
-        enclave is asked for its key again (a restart behind the same URL brings a new one)."""
+        enclave is asked for its key again (a restart behind the same URL brings a new one);
+        `chain_recheck_s`: how often the RPC node's chain id is compared with `chain_id` again (nothing is
+        read or sent while they differ)."""
         self.w3 = w3
         self.contract = contract
         self.account = account
@@ -192,6 +196,9 @@ class Relay:
         self.anchor_min = anchor_min
         self.anchor_max = anchor_max
         self.signer_recheck_s = signer_recheck_s
+        self.chain_id = chain_id
+        self.chain_recheck_s = chain_recheck_s
+        self._chain_checked = -math.inf
         self._next_enclave = 0
         self._batch_problems: dict[str, str] = {}  # enclave URL -> the kind of problem last logged
         if reopened := state.reopen_skipped_if_policy_changed(repr(self.policy)):
@@ -591,7 +598,16 @@ class Relay:
 
     # --- the loop -----------------------------------------------------------------------------------------
 
+    def _check_chain(self) -> None:
+        """ChainIdMismatch if the RPC node now reports another chain (a re-pointed or lying endpoint): its
+        events and state are not ours, so the step stops before reading or sending anything."""
+        now = time.monotonic()
+        if now - self._chain_checked >= self.chain_recheck_s:
+            check_chain_id(self.w3, self.chain_id)
+            self._chain_checked = now
+
     def step(self) -> None:
+        self._check_chain()
         self.scan()
         self.txm.tick()
         self.check_submitted()

@@ -788,3 +788,51 @@ def test_chain_id_is_configured_and_checked(chain: Chain, server: str, tmp_path:
         wait_for(lambda: statuses(db).get(request_id) == "fulfilled", what="fulfilment")
     sent = chain.w3.eth.get_transaction(fulfilments(chain, request_id)[0]["transactionHash"])
     assert int(sent["chainId"]) == CHAIN_ID
+
+
+def test_an_rpc_endpoint_that_switches_chains_mid_run_is_refused(
+    chain: Chain, server: str, tmp_path: Path, miner: Miner
+) -> None:
+    """Checked only at start, a relay whose endpoint was re-pointed to another chain went on reading that
+    chain's blocks as if they were ours (its checkpoints all looked like a reorg). Now every step first
+    compares the node's chain id, and nothing is read or sent while it differs."""
+    from bench.rpc_proxy import RpcProxy
+    from relay.chain import bind, connect
+    from relay.errors import ChainIdMismatch
+    from relay.runner import Relay
+    from relay.state import RelayState
+    from verinfer.processes import running_anvil
+
+    main_port = int(chain.url.rsplit(":", 1)[1])
+    with running_anvil("--chain-id", "4242") as other_url:
+        proxy = RpcProxy("127.0.0.1", main_port).start()
+        try:
+            w3 = connect(proxy.url)
+            relay = Relay(
+                w3,
+                bind(w3, "InferenceVerifier", chain.contract.address),
+                chain.relay.account,
+                [server],
+                RelayState(tmp_path / "relay.sqlite3"),
+                chain_id=CHAIN_ID,
+                confirmations=1,
+                start_block=chain.w3.eth.block_number,
+                chain_recheck_s=0.0,
+            )
+            relay.step()
+            scanned = relay.state.scanned_block(-1)
+            proxy.go_down()
+            proxy.upstream = ("127.0.0.1", int(other_url.rsplit(":", 1)[1]))
+            proxy.come_up()
+            request_id = request(chain, "iris-mlp", iris_input())
+            for _ in range(3):
+                with pytest.raises(ChainIdMismatch, match="4242"):
+                    relay.step()
+            assert relay.state.scanned_block(-1) == scanned and relay.state.request(request_id) is None
+            proxy.go_down()
+            proxy.upstream = ("127.0.0.1", main_port)
+            proxy.come_up()
+            wait_for(after(relay.step, lambda: chain_status(chain, request_id) == 2), what="fulfilment")
+            relay.state.close()
+        finally:
+            proxy.close()
