@@ -23,7 +23,7 @@ from attestation import Policy, TrustedRoot
 from protocol import merkle
 from protocol.receipts import SignedReceipt
 from protocol.tensors import encode_tensors
-from relay.chain import TxSender, connect, deploy
+from relay.chain import SignedTx, TxSender, connect, deploy
 from relay.policy import FeePolicy
 from relay.registration import attest_enclave, sign_registration, submit_registration
 from relay.runner import Relay
@@ -173,6 +173,18 @@ def request(
     sender = sender or chain.user
     call = chain.contract.functions.requestInference(chain.models[model], data, gas, 3600)
     return requested_id(chain, sender.transact(call, value=fee))
+
+
+def mined_request(chain: Chain) -> tuple[SignedTx, str, int]:
+    """An iris-mlp request sent by the user and mined: its signed transaction (to re-include in a reorg),
+    its request id and its block."""
+    signed = chain.user.sign(
+        chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600), value=FEE
+    )
+    chain.user.broadcast(signed)
+    wait_for(lambda: chain.user.receipt(signed.tx_hash) is not None, what="request mined")
+    receipt = chain.user.receipt(signed.tx_hash)
+    return signed, requested_id(chain, receipt), int(receipt["blockNumber"])
 
 
 def requested_id(chain: Chain, receipt: Any) -> str:
@@ -357,14 +369,7 @@ def test_reorg_of_the_last_blocks_loses_nothing(chain: Chain, server: str, tmp_p
     db = tmp_path / "relay.sqlite3"
     miner = Miner(chain).start()
     try:
-        signed = chain.user.sign(
-            chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600),
-            value=FEE,
-        )
-        chain.user.broadcast(signed)
-        wait_for(lambda: chain.user.receipt(signed.tx_hash) is not None, what="request mined")
-        request_block = chain.user.receipt(signed.tx_hash)["blockNumber"]
-        request_id = requested_id(chain, chain.user.receipt(signed.tx_hash))
+        signed, request_id, request_block = mined_request(chain)
         with relay_process(chain, [server], db, extra=("--start-block", str(request_block - 1))):
             wait_for(lambda: statuses(db).get(request_id) == "fulfilled", what="first fulfilment")
             miner.stop()

@@ -45,6 +45,7 @@ from .test_relay import (
     fulfilments,
     iris_input,
     local_relay,
+    mined_request,
     no_automine,
     relay_process,
     request,
@@ -689,14 +690,7 @@ def test_reorg_deeper_than_64_blocks(chain: Chain, server: str, tmp_path: Path) 
     mining = Miner(chain).start()
     begin = start_arg(chain)
     try:
-        signed = chain.user.sign(
-            chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600),
-            value=FEE,
-        )
-        chain.user.broadcast(signed)
-        wait_for(lambda: chain.user.receipt(signed.tx_hash) is not None, what="request mined")
-        request_block = chain.user.receipt(signed.tx_hash)["blockNumber"]
-        request_id = requested_id(chain, chain.user.receipt(signed.tx_hash))
+        signed, request_id, request_block = mined_request(chain)
         with relay_process(chain, [server], db, extra=begin):
             wait_for(lambda: statuses(db).get(request_id) == "fulfilled", what="first fulfilment")
             mining.stop()
