@@ -94,15 +94,15 @@ class TxManager:
     def network_price(self) -> int:
         return int(self.w3.eth.gas_price)
 
-    def ceiling(self, row: TxRow | None = None) -> int:
-        """The highest price `row` may be signed at: the policy's cap, or the row's own lower one (a
+    def ceiling(self, max_price: int | None = None) -> int:
+        """The highest price a transaction may be signed at: the policy's cap, or its own lower one (a
         fulfil's break-even price, so that re-pricing never turns a paid request into a loss)."""
         cap = self.policy.max_gas_price
-        return cap if row is None or row.max_price is None else min(cap, row.max_price)
+        return cap if max_price is None else min(cap, max_price)
 
-    def price(self, row: TxRow | None = None) -> int:
-        """The price a new transaction is signed with; GasPriceTooHigh above its ceiling."""
-        price, ceiling = self.network_price(), self.ceiling(row)
+    def price(self, max_price: int | None = None) -> int:
+        """The price a transaction is signed with now; GasPriceTooHigh above its ceiling."""
+        price, ceiling = self.network_price(), self.ceiling(max_price)
         if price > ceiling:
             raise GasPriceTooHigh(f"gas price {price} wei is above the cap {ceiling} wei")
         return price
@@ -128,13 +128,11 @@ class TxManager:
         """Estimate (which surfaces reverts as ChainError with the custom error), take a nonce, sign, record,
         then broadcast. The caller has checked that the work is needed. `max_price`: this transaction's own
         gas price ceiling below the policy's cap, kept for every re-pricing."""
-        if max_price is not None and self.network_price() > max_price:
-            raise GasPriceTooHigh(f"gas price {self.network_price()} wei is above the cap {max_price} wei")
         try:
             estimate = int(call.estimate_gas(TxParams({"from": self.account.address})))
         except (ContractCustomError, ContractLogicError) as exc:
             raise ChainError(f"would revert: {custom_error(exc) or exc}", custom_error(exc)) from exc
-        price = self.price()
+        price = self.price(max_price)
         tx = call.build_transaction(
             TxParams(
                 {
@@ -257,7 +255,7 @@ class TxManager:
         if not attempts:  # queued: nothing signed yet
             if not self._still_needed(row, outstanding=False):
                 return
-            attempt = self._sign(row, self.price(row))
+            attempt = self._sign(row, self.price(row.max_price))
             self._send(row, attempt)
             return
         latest = attempts[0]
@@ -289,7 +287,7 @@ class TxManager:
     def _bump(self, row: TxRow, latest: Attempt) -> None:
         """Replace a stuck (or underpriced) transaction: same nonce and call, a higher price under the cap."""
         floor = self.policy.bumped(latest.gas_price)
-        price, ceiling = max(floor, self.network_price()), self.ceiling(row)
+        price, ceiling = max(floor, self.network_price()), self.ceiling(row.max_price)
         if price > ceiling:
             if floor > ceiling:
                 self.store.note(
