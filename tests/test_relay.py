@@ -71,6 +71,12 @@ class Miner:
         if self._thread:
             self._thread.join()
 
+    def __enter__(self) -> Miner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 @contextmanager
 def no_automine(chain: Chain) -> Iterator[None]:

@@ -271,12 +271,8 @@ def test_request_that_pays_only_at_the_minimum_price_waits_for_a_cheaper_chain(
                 assert statuses(db)[cheap] == "pending" and relay_nonce(chain) == before
         finally:
             spike.stop()
-    miner = Miner(chain).start()
-    try:
-        with relay_process(chain, [server], db, extra=begin):
-            wait_for(lambda: statuses(db).get(cheap) == "fulfilled", what="the request once gas is cheap")
-    finally:
-        miner.stop()
+    with Miner(chain), relay_process(chain, [server], db, extra=begin):
+        wait_for(lambda: statuses(db).get(cheap) == "fulfilled", what="the request once gas is cheap")
 
 
 def test_default_gas_price_cap(chain: Chain, server: str, tmp_path: Path) -> None:
@@ -300,19 +296,12 @@ def test_default_gas_price_cap(chain: Chain, server: str, tmp_path: Path) -> Non
                 wait_for(lambda: request_id in statuses(db), what="the request seen")
                 time.sleep(3)
                 assert relay_nonce(chain) == before and chain_status(chain, request_id) == 1
-                with sqlite3.connect(db) as conn:
-                    detail = conn.execute(
-                        "SELECT detail FROM requests WHERE id = ?", (request_id,)
-                    ).fetchone()[0]
-                assert "above the cap" in (detail or "")
+                assert "above the cap" in (detail(db, request_id) or "")
                 spike.stop()
-                mining = Miner(chain).start()
-                try:
+                with Miner(chain):
                     wait_for(
                         lambda: statuses(db).get(request_id) == "fulfilled", what="fulfilment after the spike"
                     )
-                finally:
-                    mining.stop()
         finally:
             spike.stop()
 
@@ -375,13 +364,10 @@ def test_re_pricing_stops_at_the_requests_break_even(chain: Chain, server: str, 
             wait_for(lambda: "would pass" in (tx_detail(db) or ""), what="re-pricing to stop at break-even")
             assert chain_status(chain, request_id) == 1
             spike.stop()
-            miner = Miner(chain).start()
-            try:
+            with Miner(chain):
                 wait_for(
                     lambda: statuses(db).get(request_id) == "fulfilled", what="fulfilment after the spike"
                 )
-            finally:
-                miner.stop()
     finally:
         spike.stop()
     with sqlite3.connect(db) as conn:
