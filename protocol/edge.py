@@ -8,6 +8,7 @@ it grows past the limit, so no route can be made to buffer more.
 
 Error families:
     KServe V2 routes (paths under /v2)  {"error": message, "code": code}   (V2 requires "error")
+    OpenAI routes (paths under /v1)     {"error": {"message", "type", "param", "code"}}   (OpenAI's shape)
     every other route                   {"code": code, "message": message}
 """
 
@@ -38,11 +39,27 @@ REQUEST_ID_HEADER = b"x-request-id"
 # Accepted from callers as is (so a client's trace id survives); anything else is replaced by a fresh id.
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 V2_PREFIX = "/v2"
+OPENAI_PREFIX = "/v1"
 
 
 def is_v2(path: str) -> bool:
     """The one rule for which error family a path belongs to."""
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def is_openai(path: str) -> bool:
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's error `type` for a status: what its client libraries map to exception classes."""
+    if status == 429:
+        return "rate_limit_error"
+    if status == 401:
+        return "authentication_error"
+    if status == 404:
+        return "not_found_error"
+    return "invalid_request_error" if status < 500 else "server_error"
 
 
 def error_body(error: RequestError, *, v2: bool) -> bytes:
@@ -51,7 +68,22 @@ def error_body(error: RequestError, *, v2: bool) -> bytes:
     return orjson.dumps({"code": error.code, "message": error.message})
 
 
+def openai_error_body(error: RequestError) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "message": error.message,
+                "type": openai_error_type(error.status),
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    )
+
+
 def error_for_path(path: str, error: RequestError) -> bytes:
+    if is_openai(path):
+        return openai_error_body(error)
     return error_body(error, v2=is_v2(path))
 
 

@@ -13,13 +13,20 @@ class RequestError(ProtocolError):
     the server stays up and keeps serving)."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}  # e.g. Allow, Retry-After, WWW-Authenticate
+        self.param = param  # the request field at fault, where the family's shape names it (OpenAI)
 
 
 def bad_request(code: str, message: str) -> RequestError:

@@ -1,5 +1,8 @@
 """The model manifest: which ONNX files are served, their hashes and tensor signatures.
 
+An LLM entry ("task": "text-generation") names a directory in `file` and lists its served files in
+`files` ({name: sha256}); its `sha256` is then protocol.llm.bundle_hash(files), the receipts' modelHash.
+
 The enclave attests the manifest digest as the attestation's user_data, so a verifier can tie a receipt's
 modelHash to the exact model set of the attested enclave. Digest (docs/PROTOCOL.md):
 
@@ -16,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ProtocolError
+from .llm import bundle_hash
 from .tensors import BY_NAME, DType
 
 MANIFEST_FILE = "manifest.json"
+TEXT_GENERATION = "text-generation"
 
 
 class ManifestError(ProtocolError):
@@ -46,10 +51,15 @@ class ModelEntry:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     metrics: dict[str, Any]
+    files: tuple[tuple[str, str], ...] = ()  # an LLM's served files (name, sha256), sorted by name
 
     @property
     def model_hash(self) -> bytes:
         return bytes.fromhex(self.sha256)
+
+    @property
+    def is_llm(self) -> bool:
+        return self.task == TEXT_GENERATION
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +73,7 @@ class ModelEntry:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "metrics": self.metrics,
+            **({"files": dict(self.files)} if self.files else {}),
         }
 
 
@@ -93,14 +104,42 @@ def _entry(raw: Any) -> ModelEntry:
             inputs=tuple(_tensor(t, f"{name} input") for t in raw["inputs"]),
             outputs=tuple(_tensor(t, f"{name} output") for t in raw["outputs"]),
             metrics=dict(raw.get("metrics", {})),
+            files=_files(raw.get("files"), name),
         )
     except (KeyError, AttributeError, TypeError) as exc:
         raise ManifestError(f"model entry {raw.get('name')!r} lacks {exc}") from exc
-    if len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256):
+    if not _is_sha256(entry.sha256):
         raise ManifestError(f"{entry.name}: sha256 must be 64 hex characters")
     if not entry.inputs or not entry.outputs:
         raise ManifestError(f"{entry.name}: needs at least one input and one output")
+    if entry.is_llm != bool(entry.files):
+        raise ManifestError(f"{entry.name}: an LLM entry, and only one, lists its 'files'")
+    if entry.is_llm and bundle_hash(dict(entry.files)).hex() != entry.sha256:
+        raise ManifestError(f"{entry.name}: sha256 must be the bundle hash of its files")
     return entry
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _files(raw: Any, name: str) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _is_sha256(v) for k, v in raw.items()
+    ):
+        raise ManifestError(f"{name}: 'files' maps file names to sha256 hex")
+    if any("/" in k or k in ("", ".", "..") for k in raw):
+        raise ManifestError(f"{name}: 'files' names plain files inside the model's directory")
+    return tuple(sorted(raw.items()))
+
+
+def entry_paths(directory: Path, entry: ModelEntry) -> list[tuple[Path, str]]:
+    """(path, expected sha256) of every file an entry serves."""
+    if entry.is_llm:
+        return [(directory / entry.file / name, digest) for name, digest in entry.files]
+    return [(directory / entry.file, entry.sha256)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +189,26 @@ def load_manifest(directory: str | Path, *, check_files: bool = True) -> Manifes
         raise ManifestError(f"cannot read {directory / MANIFEST_FILE}: {exc}") from exc
     manifest = parse_manifest(data, directory)
     if check_files:
+        root = directory.resolve()
         for entry in manifest.models.values():
-            path = directory / entry.file
-            if path.resolve().parent != directory.resolve():
-                raise ManifestError(f"{entry.name}: file must live in the models directory")
-            try:
-                actual = hashlib.sha256(path.read_bytes()).hexdigest()
-            except OSError as exc:
-                raise ManifestError(f"{entry.name}: cannot read {path}: {exc}") from exc
-            if actual != entry.sha256:
-                raise ManifestError(
-                    f"{entry.name}: {path.name} has sha256 {actual}, manifest says {entry.sha256}"
-                )
+            for path, expected in entry_paths(directory, entry):
+                if not path.resolve().is_relative_to(root):
+                    raise ManifestError(f"{entry.name}: file must live in the models directory")
+                try:
+                    actual = _file_sha256(path)
+                except OSError as exc:
+                    raise ManifestError(f"{entry.name}: cannot read {path}: {exc}") from exc
+                if actual != expected:
+                    raise ManifestError(
+                        f"{entry.name}: {path.name} has sha256 {actual}, manifest says {expected}"
+                        + (" (run `make setup` to build the LLM)" if entry.is_llm else "")
+                    )
     return manifest
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
