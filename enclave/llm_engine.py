@@ -3,16 +3,16 @@
 Why our own loop: onnxruntime-genai's Engine batches continuously only with a paged-KV (PagedAttention)
 graph, which exists for CUDA/WebGPU only; on CPU it falls back to a static batch (docs/BENCHMARKS.md).
 
-Design, in one paragraph: one engine thread owns the InferenceSession and, per layer, one K and one V
-buffer of shape [max_batch, kv_heads, max_context, head] in anonymous memory without huge pages (pages are
-mapped only when a position is written, so memory follows the tokens in use; numpy's own large arrays ask
-for 2 MB pages, which made one short prompt commit ~94 MB per row). Active sequences sit compacted in rows 0..k-1, so kv[:k] is a
-contiguous view that is bound as both past_key_values.* and present.* (GroupQueryAttention then appends in
-place: past_present_share_buffer). A new request is prefilled alone on row k, one chunk per step boundary
-(so running streams stall at most one chunk), then joins the next batched decode step (S=1, right-padded
-attention_mask [k, T]). A finished sequence leaves at once; the last row moves into its place (only its
-used positions are copied). IOBindings are built once per batch size and per row, so a decode step rebinds
-only the attention mask.
+Design: one engine thread owns the InferenceSession and, per layer, one K and one V buffer of shape
+[max_batch, kv_heads, max_context, head] in anonymous memory without huge pages (pages are mapped only when
+a position is written, so memory follows the tokens in use; numpy's own large arrays ask for 2 MB pages,
+which made one short prompt commit ~94 MB per row). Active sequences sit compacted in rows 0..k-1, so kv[:k]
+is a contiguous view that is bound as both past_key_values.* and present.* (GroupQueryAttention then
+appends in place: past_present_share_buffer). A new request is prefilled alone on row k, one chunk per step
+boundary (so running streams stall at most one chunk), then joins the next batched decode step (S=1,
+right-padded attention_mask [k, T]). A finished sequence leaves at once; the last row moves into its place
+(only its used positions are copied). IOBindings are built once per batch size and per row, so a decode
+step rebinds only the attention mask.
 """
 
 from __future__ import annotations
