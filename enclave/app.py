@@ -21,11 +21,12 @@ from protocol.edge import AccessLog, HttpEdge, install_error_handlers
 from protocol.errors import RequestError, bad_request
 from protocol.inputs import MAX_BATCH_ELEMENTS
 
-from . import __version__, schemas
+from . import __version__, llm_api, schemas
 from .batch_access import BatchAccess
 from .fastpath import INTERNAL, inference_route, run_endpoint, v2_infer_model
 from .inference import InferenceEndpoints, parse_json
-from .metrics import Metrics
+from .llm_service import LlmService
+from .metrics import Metrics, observe_llm
 from .runtime import LoadedModel
 from .service import MAX_BATCH, EnclaveService, parse_nonce
 
@@ -43,6 +44,9 @@ _FIXED_LABELS = {
     "/v2/health/ready": "v2_ready",
     "/docs": "docs",
     "/openapi.json": "openapi",
+    "/v1/models": "v1_models",
+    "/v1/completions": "v1_completions",
+    "/v1/chat/completions": "v1_chat_completions",
 }
 
 
@@ -55,6 +59,8 @@ def endpoint_label(path: str) -> str:
         return "v2_infer"
     if path.startswith("/v2/models/"):
         return "v2_model_ready" if path.endswith("/ready") else "v2_model"
+    if path.startswith("/v1/signature/"):
+        return "v1_signature"
     return "unmatched"
 
 
@@ -262,7 +268,7 @@ def openapi_schema(api: FastAPI) -> dict[str, Any]:
         return api.openapi_schema
     schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in schemas.REQUEST_MODELS:
+    for model in (*schemas.REQUEST_MODELS, *llm_api.REQUEST_MODELS):
         body = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
         components[model.__name__] = body
@@ -278,8 +284,10 @@ def create_app(
     batch_access: BatchAccess | None = None,
     access_log: AccessLog | None = None,
     fast_path: bool = True,
+    llm: LlmService | None = None,
 ) -> HttpEdge:
-    """The ASGI app. `fast_path=False` serves inference through the FastAPI routes (for tests)."""
+    """The ASGI app. `fast_path=False` serves inference through the FastAPI routes (for tests); `llm`
+    serves the manifest's LLM behind the OpenAI-compatible /v1 routes."""
     access_log = access_log or AccessLog(None)
     api = FastAPI(
         title="verinfer enclave",
@@ -302,6 +310,9 @@ def create_app(
 
     for path, handler, method, options in ROUTES:
         api.add_api_route(path, handler, methods=[method], **options)
+    llm_api.install(api, llm)
+    if llm is not None:
+        observe_llm(metrics, llm)
     install_error_handlers(
         api, on_error=on_error, parameter_codes={"nonce": "invalid_nonce"}, internal=INTERNAL
     )

@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .batch_access import BatchAccess
     from .image import measure_image
+    from .llm_service import load_llm
     from .service import EnclaveService
     from .vsock import vsock_listener
 
@@ -52,12 +53,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 1
     batch_access = BatchAccess(_batch_token_digest(args.batch_token_sha256), rate_per_s=args.batch_rate)
     service = EnclaveService(manifest, nsm)
+    llm = None
+    if not args.no_llm:
+        llm = load_llm(
+            service,
+            max_batch=args.llm_max_batch,
+            max_context=args.llm_context,
+            queue_limit=args.llm_queue,
+            threads=args.llm_threads,
+            checkpoint_tokens=args.llm_checkpoint_tokens,
+        )
+        if llm is not None:
+            log.info("LLM %s served on /v1 (%d-token context)", llm.name, args.llm_context)
     app = create_app(
         service,
         max_body=args.max_body,
         max_elements=args.max_elements,
         batch_access=batch_access,
         access_log=AccessLog(_access_log_stream(args.access_log)),
+        llm=llm,
     )
     if not batch_access.enabled:
         log.info("POST /receipts/batch is disabled (no --batch-token-sha256)")
@@ -174,6 +188,29 @@ def register_serve(subparsers: Any) -> None:
     )
     serve.add_argument(
         "--batch-rate", type=float, default=2.0, metavar="PER_S", help="receipt batches per second"
+    )
+    llm = serve.add_argument_group("LLM (the manifest's text-generation model, on /v1)")
+    llm.add_argument("--no-llm", action="store_true", help="do not load the manifest's LLM")
+    llm.add_argument("--llm-threads", type=int, default=None, metavar="N", help="default: all CPUs")
+    llm.add_argument(
+        "--llm-max-batch", type=int, default=4, metavar="N", help="sequences decoded together (default 4)"
+    )
+    llm.add_argument(
+        "--llm-context",
+        type=int,
+        default=2048,
+        metavar="TOKENS",
+        help="context window served (prompt + output)",
+    )
+    llm.add_argument(
+        "--llm-queue", type=int, default=16, metavar="N", help="requests waiting beyond the batch (then 429)"
+    )
+    llm.add_argument(
+        "--llm-checkpoint-tokens",
+        type=int,
+        default=32,
+        metavar="N",
+        help="streamed completions carry a signed checkpoint receipt every N tokens",
     )
     serve.set_defaults(handler=cmd_serve)
 

@@ -8,7 +8,7 @@ PCRs and the image id change" holds from a developer's tree to a running image.
 - boot part (PCR1): Dockerfile.enclave (which pins the base image by digest) and requirements-enclave.lock
   (every dependency pinned by hash);
 - application part (PCR2): the `attestation`, `protocol` and `enclave` packages, and models/manifest.json
-  with the ONNX files it lists;
+  with the files it lists (ONNX models; an LLM's model, tokenizer, chat template and configs);
 - PCR0: both.
 Real hardware PCRs come from nitro-cli instead (docs/ENCLAVE_IMAGE.md); these are the simulator's.
 """
@@ -27,9 +27,14 @@ MODELS_PREFIX = "models"
 
 
 def model_files(models_dir: Path) -> list[str]:
-    """manifest.json and the files it lists: the models the enclave serves, nothing else from the folder."""
+    """manifest.json and the files it lists: the models the enclave serves, nothing else from the folder.
+    An LLM entry lists its directory's served files (model, tokenizer, chat template, configs)."""
     manifest = json.loads((models_dir / "manifest.json").read_text())
-    return ["manifest.json", *sorted(entry["file"] for entry in manifest["models"])]
+    files: list[str] = []
+    for entry in manifest["models"]:
+        listed = entry.get("files")
+        files += [f"{entry['file']}/{name}" for name in listed] if listed else [entry["file"]]
+    return ["manifest.json", *sorted(files)]
 
 
 def image_files(source_root: Path, models_dir: Path) -> tuple[list[MeasuredFile], list[MeasuredFile]]:

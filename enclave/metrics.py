@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+if TYPE_CHECKING:
+    from .llm_service import LlmService, Piece, Plan
+
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+RATE_BUCKETS = (5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 150.0, 200.0, 300.0)
 
 
 class Metrics:
@@ -51,3 +57,47 @@ class Metrics:
     @cache  # noqa: B019
     def error_counter(self, code: str) -> Counter:
         return self.errors.labels(code=code)
+
+
+def observe_llm(metrics: Metrics, llm: LlmService) -> None:
+    """LLM series: tokens (rate() of the counters is tokens/s), time to first token, queue depth."""
+    registry = metrics.registry
+    engine = llm.engine
+    Gauge("verinfer_llm_queue_depth", "Requests waiting for a batch slot.", registry=registry).set_function(
+        lambda: engine.stats().queued
+    )
+    Gauge("verinfer_llm_active_sequences", "Sequences in the running batch.", registry=registry).set_function(
+        lambda: engine.stats().active
+    )
+    Gauge(
+        "verinfer_llm_generated_tokens",
+        "Tokens generated since start (rate() = tokens/s).",
+        registry=registry,
+    ).set_function(lambda: engine.stats().generated_tokens_total)
+    completions = Counter(
+        "verinfer_llm_completions",
+        "Signed completions, by finish reason.",
+        ["finish_reason"],
+        registry=registry,
+    )
+    ttft = Histogram(
+        "verinfer_llm_time_to_first_token_seconds",
+        "From accepted request to its first generated token.",
+        buckets=TTFT_BUCKETS,
+        registry=registry,
+    )
+    rate = Histogram(
+        "verinfer_llm_decode_tokens_per_second",
+        "Decode speed of each completion (tokens after the first / time after the first).",
+        buckets=RATE_BUCKETS,
+        registry=registry,
+    )
+
+    def finished(plan: Plan, piece: Piece, seconds: float, first_token_s: float | None) -> None:
+        completions.labels(finish_reason=piece.finish or "unknown").inc()
+        if first_token_s is not None:
+            ttft.observe(first_token_s)
+            if piece.tokens > 1 and seconds > first_token_s:
+                rate.observe((piece.tokens - 1) / (seconds - first_token_s))
+
+    llm.on_finished = finished

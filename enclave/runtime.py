@@ -65,6 +65,8 @@ class ModelRuntime:
         self.manifest = manifest
         self.models: dict[str, LoadedModel] = {}
         for entry in manifest.models.values():
+            if entry.is_llm:  # served by enclave/llm_service.py behind /v1
+                continue
             session = ort.InferenceSession(
                 str(manifest.directory / entry.file), _session_options(), providers=["CPUExecutionProvider"]
             )
@@ -84,5 +86,8 @@ class ModelRuntime:
             raise bad_request("missing_field", "'model' must be a model name (string)")
         model = self.models.get(name)
         if model is None:
+            entry = self.manifest.models.get(name)
+            if entry is not None and entry.is_llm:
+                raise not_found("unknown_model", f"{name!r} is an LLM: POST /v1/completions serves it")
             raise not_found("unknown_model", f"no model named {name!r}; GET /models lists them")
         return model

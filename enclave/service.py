@@ -120,10 +120,14 @@ class EnclaveService:
             timestamp_ms=time.time_ns() // 1_000_000,
         )
         signed = sign_receipt(self.key, receipt)
+        self.record(signed)
+        return InferenceResult(model, outputs, signed)
+
+    def record(self, signed: SignedReceipt) -> None:
+        """Keep a final receipt for batch anchoring (POST /receipts/batch)."""
         if len(self.receipt_log) == self.receipt_log.maxlen:
             self.receipt_log_start += 1
         self.receipt_log.append(signed)
-        return InferenceResult(model, outputs, signed)
 
     def receipt_batch(self, start: int, limit: int) -> dict[str, Any]:
         """A signed Merkle root over receipts [start, start + limit) of this enclave's log (PROTOCOL.md)."""

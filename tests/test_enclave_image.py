@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from attestation import Policy, TrustedRoot, verify
@@ -23,11 +24,13 @@ from enclave.image import measure_image
 from verinfer.image import stage_context
 from verinfer.processes import free_port, stop, wait_ready
 from verinfer.verify import load_attestation, manifest_from_json, verify_inference
+from verinfer.verify_llm import verify_completion
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
+LLM = "smollm2-135m-instruct"
 CACHE = REPO / "build" / "enclave-image"
 BASE_TAG = "localhost/verinfer-bookworm-base:test"
 STORAGE = ("--storage-driver", "vfs")
@@ -267,6 +270,20 @@ def test_image_server_attests_the_predicted_pcrs(images: tuple[str, str], tmp_pa
             manifest=manifest,
         )
         assert report.ok, report.to_json()
+        # The LLM is in the image too, measured with the rest: a signed completion from inside it verifies.
+        body = orjson.dumps({"model": LLM, "prompt": "Ethereum is", "max_tokens": 8, "temperature": 0})
+        answer = httpx.post(
+            f"{url}/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        llm_report = verify_completion(
+            body,
+            answer.content,
+            document,
+            policy=Policy(root=root, expected_pcrs=expected),
+            manifest=manifest,
+        )
+        assert llm_report.verified, llm_report.to_json()
     finally:
         stop(server, timeout=15)
         subprocess.run(["buildah", *STORAGE, "rm", container], capture_output=True, check=False)

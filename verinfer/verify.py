@@ -61,6 +61,7 @@ class VerificationReport:
     pinned: bool = False
     allow_any_image: bool = False
     image_id: str | None = None
+    partial: str | None = None  # a streamed completion verified only up to its last checkpoint
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,8 @@ class VerificationReport:
                 "UNPINNED: every check passed, but no image is pinned (give --pcr 0=, 1= and 2=, --image-id "
                 "or --policy; --allow-any-image to accept any image)"
             )
+        if self.partial is not None and line.startswith("VERIFIED"):
+            line += f" PREFIX ONLY: {self.partial}"
         return line + (" [SIMULATED attestation: not hardware]" if self.simulated else "")
 
     def add(self, name: str, status: Status, detail: str) -> None:
@@ -99,6 +102,7 @@ class VerificationReport:
             "pinned": self.pinned,
             "simulated": self.simulated,
             "image_id": self.image_id,
+            "partial": self.partial,
             "receipt": self.receipt,
             "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in self.checks],
         }
@@ -292,30 +296,7 @@ def verify_inference(
     receipt = signed.receipt
     report.add("receipt", "pass", f"request {report.receipt['requestId']} at {receipt.timestamp_ms} ms")
 
-    public_key, user_data = _check_attestation(report, attestation, policy, at, image_ids)
-
-    if public_key is None or len(public_key) != 64:
-        report.add("enclave_key", "fail", "the attestation does not bind a 64-byte secp256k1 public key")
-    elif address_of(public_key) != signed.enclave:
-        report.add(
-            "enclave_key",
-            "fail",
-            f"attested key is {checksum_address(address_of(public_key))}, receipt names "
-            f"{checksum_address(signed.enclave)}",
-        )
-    else:
-        report.add("enclave_key", "pass", f"attested key is enclave {checksum_address(signed.enclave)}")
-
-    try:
-        signer = recover_signer(receipt, signed.signature)
-        if signer == signed.enclave:
-            report.add("signature", "pass", "EIP-712 signature recovers to the enclave")
-        else:
-            report.add(
-                "signature", "fail", f"signature recovers to {checksum_address(signer)}, not the enclave"
-            )
-    except ReceiptError as exc:
-        report.add("signature", "fail", str(exc))
+    user_data = check_signer(report, signed, attestation, policy=policy, at=at, image_ids=image_ids)
 
     try:
         recomputed = output_hash(response.get("outputs"))
@@ -344,6 +325,45 @@ def verify_inference(
     )
     _check_request_id(report, request, receipt.request_id)
     return report
+
+
+def check_signer(
+    report: VerificationReport,
+    signed: SignedReceipt,
+    attestation: bytes,
+    *,
+    policy: Policy,
+    at: datetime | None,
+    image_ids: Collection[bytes],
+) -> bytes | None:
+    """Checks 1-3: the attestation, the key it binds is the receipt's enclave, the signature recovers to
+    it. Returns the attested user_data (the manifest digest) for the model check."""
+    receipt = signed.receipt
+    public_key, user_data = _check_attestation(report, attestation, policy, at, image_ids)
+
+    if public_key is None or len(public_key) != 64:
+        report.add("enclave_key", "fail", "the attestation does not bind a 64-byte secp256k1 public key")
+    elif address_of(public_key) != signed.enclave:
+        report.add(
+            "enclave_key",
+            "fail",
+            f"attested key is {checksum_address(address_of(public_key))}, receipt names "
+            f"{checksum_address(signed.enclave)}",
+        )
+    else:
+        report.add("enclave_key", "pass", f"attested key is enclave {checksum_address(signed.enclave)}")
+
+    try:
+        signer = recover_signer(receipt, signed.signature)
+        if signer == signed.enclave:
+            report.add("signature", "pass", "EIP-712 signature recovers to the enclave")
+        else:
+            report.add(
+                "signature", "fail", f"signature recovers to {checksum_address(signer)}, not the enclave"
+            )
+    except ReceiptError as exc:
+        report.add("signature", "fail", str(exc))
+    return user_data
 
 
 def _check_attestation(

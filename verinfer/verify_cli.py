@@ -52,26 +52,30 @@ def _read_json(path: str, what: str) -> Any:
         raise UsageError(f"cannot read {what} {path}: {exc}") from exc
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from protocol.manifest import ManifestError
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from exc
 
-    from .verify import (
-        PolicyFile,
-        load_attestation,
-        load_policy,
-        manifest_from_json,
-        parse_image_id,
-        verify_inference,
+
+def is_llm_response(data: bytes) -> bool:
+    """An SSE transcript, or the JSON of a /v1 completion."""
+    head = data.lstrip()[:4096]
+    return (
+        head.startswith(b"data:")
+        or b'"object":"text_completion"' in head
+        or (b'"object":"chat.completion"' in head)
     )
 
-    response = _read_json(args.response, "response")
-    request = _read_json(args.request, "request") if args.request else None
+
+def _pinning(args: argparse.Namespace) -> tuple[Any, list[bytes]]:
+    from .verify import PolicyFile, load_policy, parse_image_id
+
     try:
-        attestation = load_attestation(Path(args.attestation).read_bytes())
-        manifest = manifest_from_json(_read_json(args.manifest, "manifest")) if args.manifest else None
         pinned = load_policy(args.policy) if args.policy else PolicyFile()
         flag_images = [parse_image_id(value) for value in args.image_id]
-    except (OSError, ValueError, ManifestError) as exc:
+    except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     args.root = args.root or pinned.root
     policy = policy_from_args(
@@ -80,6 +84,61 @@ def cmd_verify(args: argparse.Namespace) -> int:
         allow_debug=args.allow_debug or pinned.allow_debug,
         max_age_s=args.max_age if args.max_age is not None else pinned.max_age_s,
     )
+    return policy, flag_images or list(pinned.image_ids)
+
+
+def _verify_llm(args: argparse.Namespace, response: bytes) -> int:
+    from protocol.manifest import ManifestError
+
+    from .verify import load_attestation, manifest_from_json
+    from .verify_llm import verify_completion
+
+    request = _read_bytes(args.request, "request") if args.request else None
+    try:
+        attestation = load_attestation(Path(args.attestation).read_bytes())
+        manifest = manifest_from_json(_read_json(args.manifest, "manifest")) if args.manifest else None
+    except (OSError, ValueError, ManifestError) as exc:
+        raise UsageError(str(exc)) from exc
+    policy, image_ids = _pinning(args)
+    report = verify_completion(
+        request,
+        response,
+        attestation,
+        policy=policy,
+        at=verification_time(args, attestation),
+        manifest=manifest,
+        image_ids=image_ids,
+        allow_any_image=args.allow_any_image,
+    )
+    return _print_report(args, report)
+
+
+def _print_report(args: argparse.Namespace, report: Any) -> int:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for check in report.checks:
+            print(f"[{check.status.upper():>7}] {check.name:<12} {check.detail}")
+        print(report.verdict_line)
+    return EXIT_OK if report.verified else EXIT_REJECTED
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from protocol.manifest import ManifestError
+
+    from .verify import load_attestation, manifest_from_json, verify_inference
+
+    raw_response = _read_bytes(args.response, "response")
+    if is_llm_response(raw_response):
+        return _verify_llm(args, raw_response)
+    response = _read_json(args.response, "response")
+    request = _read_json(args.request, "request") if args.request else None
+    try:
+        attestation = load_attestation(Path(args.attestation).read_bytes())
+        manifest = manifest_from_json(_read_json(args.manifest, "manifest")) if args.manifest else None
+    except (OSError, ValueError, ManifestError) as exc:
+        raise UsageError(str(exc)) from exc
+    policy, image_ids = _pinning(args)
     report = verify_inference(
         response,
         attestation,
@@ -88,16 +147,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         request=request,
         manifest=manifest,
         model=args.model,
-        image_ids=flag_images or pinned.image_ids,
+        image_ids=image_ids,
         allow_any_image=args.allow_any_image,
     )
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        for check in report.checks:
-            print(f"[{check.status.upper():>7}] {check.name:<12} {check.detail}")
-        print(report.verdict_line)
-    return EXIT_OK if report.verified else EXIT_REJECTED
+    return _print_report(args, report)
 
 
 def register(subparsers: Any) -> None:
@@ -108,13 +161,16 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument(
-        "response", help="JSON response of /infer or /v2/models/NAME/infer (or a bare receipt)"
+        "response",
+        help="JSON response of /infer or /v2/models/NAME/infer (or a bare receipt), or of /v1/completions"
+        " or /v1/chat/completions (JSON, or the saved SSE transcript of a streamed one)",
     )
     check.add_argument("--attestation", required=True, metavar="FILE", help=f"the document: {DOCUMENT_FORMS}")
     check.add_argument(
         "--request",
         metavar="FILE",
-        help="the request JSON that produced the response: checks inputHash, the model and request_id",
+        help="the request JSON that produced the response: checks inputHash, the model and request_id"
+        " (for a /v1 completion: the exact request body bytes sent)",
     )
     check.add_argument(
         "--manifest", metavar="FILE", help="model manifest JSON (GET /models or models/manifest.json)"
