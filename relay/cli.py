@@ -257,8 +257,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .state import RelayState
 
     batch_token = _batch_token(args)
-    if args.http_deadline <= 0 or args.http_max_bytes <= 0:
-        raise UsageError("--http-deadline and --http-max-bytes must be positive")
+    if args.http_deadline <= 0 or args.http_max_bytes <= 0 or args.llm_deadline <= 0:
+        raise UsageError("--http-deadline, --llm-deadline and --http-max-bytes must be positive")
     if args.confirmations < 0 or args.poll <= 0:
         raise UsageError("--confirmations must not be negative and --poll must be positive")
     policy = _fee_policy(args)
@@ -282,6 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         confirmations=args.confirmations,
         start_block=args.start_block,
         http_timeout=args.http_deadline,
+        llm_timeout=args.llm_deadline,
         http_max_bytes=args.http_max_bytes,
         anchor_min=args.anchor_min,
         anchor_max=args.anchor_max,
@@ -477,6 +478,12 @@ def register(subparsers: Any) -> None:
         type=float,
         default=10.0,
         help="total seconds for each call to an enclave (connect, send, whole answer)",
+    )
+    run.add_argument(
+        "--llm-deadline",
+        type=float,
+        default=120.0,
+        help="total seconds for a text completion from an enclave's LLM (POST /v1/completions)",
     )
     run.add_argument(
         "--http-max-bytes", type=int, default=16 * 1024 * 1024, help="largest enclave answer read, bytes"

@@ -127,10 +127,12 @@ async def request_async(
     *,
     params: Mapping[str, str] | None = None,
     json: Any = None,
+    content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     limits: Limits | None = None,
 ) -> HttpResponse:
-    """One HTTP exchange within `limits`; OutboundError for anything but a complete response."""
+    """One HTTP exchange within `limits`; OutboundError for anything but a complete response. `content` is
+    a body sent byte for byte (where the bytes are hashed, as an LLM request's are), instead of `json`."""
     limits = limits or Limits()
     try:
         target = httpx.URL(url)
@@ -142,7 +144,14 @@ async def request_async(
     try:
         async with asyncio.timeout(limits.deadline_s):
             return await _exchange(
-                method, target, what, params=params, json=json, headers=headers, limits=limits
+                method,
+                target,
+                what,
+                params=params,
+                json=json,
+                content=content,
+                headers=headers,
+                limits=limits,
             )
     except TimeoutError:
         # Also the per-operation timeouts below, which are never longer than the deadline.
@@ -158,6 +167,7 @@ async def _exchange(
     *,
     params: Mapping[str, str] | None,
     json: Any,
+    content: bytes | None,
     headers: Mapping[str, str] | None,
     limits: Limits,
 ) -> HttpResponse:
@@ -166,7 +176,9 @@ async def _exchange(
     try:
         async with (
             httpx.AsyncClient(verify=_ssl(), timeout=timeout, follow_redirects=False) as client,
-            client.stream(method, target, params=params, json=json, headers=sent_headers) as response,
+            client.stream(
+                method, target, params=params, json=json, content=content, headers=sent_headers
+            ) as response,
         ):
             coding = response.headers.get("content-encoding", "identity").strip().lower()
             if coding not in ("", "identity"):
@@ -208,11 +220,14 @@ def request(
     *,
     params: Mapping[str, str] | None = None,
     json: Any = None,
+    content: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     limits: Limits | None = None,
 ) -> HttpResponse:
     """`request_async` for synchronous callers (not from inside a running event loop)."""
-    return run_blocking(request_async(method, url, params=params, json=json, headers=headers, limits=limits))
+    return run_blocking(
+        request_async(method, url, params=params, json=json, content=content, headers=headers, limits=limits)
+    )
 
 
 def run_blocking(call: Coroutine[Any, Any, T]) -> T:

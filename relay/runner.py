@@ -42,6 +42,7 @@ from .errors import (
     RelayError,
 )
 from .http_client import Limits, OutboundError, request
+from .llm_client import DEFAULT_LLM_DEADLINE_S, TEXT_GENERATION, complete
 from .policy import FeePolicy
 from .state import (
     LIVE_TX,
@@ -85,6 +86,7 @@ class EnclaveClient:
     url: str
     batch_token: str | None = field(default=None, repr=False)
     models: dict[str, str] = field(default_factory=dict)  # model hash (0x hex) -> name
+    tasks: dict[str, str] = field(default_factory=dict)  # model hash (0x hex) -> task ("text-generation")
     down_until: float = 0.0
     max_bytes: int = DEFAULT_HTTP_MAX_BYTES
     signer: str | None = None  # the enclave's signing address, as last learnt
@@ -97,7 +99,9 @@ class EnclaveClient:
         """`timeout` (here and below) is the total deadline of the call, seconds."""
         if not self.models:
             response = request("GET", f"{self.url}/models", limits=self._limits(timeout))
-            self.models = {m["modelHash"]: m["name"] for m in response.raise_for_status().json()["models"]}
+            served = response.raise_for_status().json()["models"]
+            self.models = {m["modelHash"]: m["name"] for m in served}
+            self.tasks = {m["modelHash"]: str(m.get("task", "")) for m in served}
         return self.models.get(model_hash)
 
     def signing_address(self, timeout: float) -> str:
@@ -165,13 +169,14 @@ class Relay:
         batch_token: str | None = None,
         signer_recheck_s: float = 5.0,
         chain_recheck_s: float = 60.0,
+        llm_timeout: float = DEFAULT_LLM_DEADLINE_S,
     ) -> None:
         """`http_timeout` is the total deadline of each call to an enclave and `http_max_bytes` the largest
         answer read; `batch_token` is sent as `Authorization: Bearer` on /receipts/batch (enclaves started
         with --batch-token-sha256 serve batches only to its holder). `signer_recheck_s`: how often an idle
         enclave is asked for its key again (a restart behind the same URL brings a new one);
         `chain_recheck_s`: how often the RPC node's chain id is compared with `chain_id` again (nothing is
-        read or sent while they differ)."""
+        read or sent while they differ); `llm_timeout`: the total deadline of a text completion."""
         self.w3 = w3
         self.contract = contract
         self.account = account
@@ -193,6 +198,7 @@ class Relay:
         ]
         self.start_block = start_block
         self.http_timeout = http_timeout
+        self.llm_timeout = llm_timeout
         self.anchor_min = anchor_min
         self.anchor_max = anchor_max
         self.signer_recheck_s = signer_recheck_s
@@ -446,6 +452,16 @@ class Relay:
         if model is None:
             raise EnclaveUnavailable(f"does not serve model {row.model_hash}")
         bound_id = fulfilment_id(bytes.fromhex(row.id[2:]), self.address)
+        if enclave.tasks.get(row.model_hash) == TEXT_GENERATION:  # the input is the HTTP body (llm_client)
+            signed, output = complete(
+                enclave.url,
+                row.input,
+                model=model,
+                model_hash=bytes.fromhex(row.model_hash[2:]),
+                request_id=bound_id,
+                limits=enclave._limits(self.llm_timeout),
+            )
+            return self._checked(signed, output, bound_id)
         try:
             body = enclave.infer(model, hex32(bound_id), row.input, self.http_timeout)
         except OutboundError as exc:
@@ -454,6 +470,12 @@ class Relay:
         output = output_encoding(body["outputs"])
         if signed.receipt.input_hash != keccak256(row.input):
             raise PermanentFailure("the input is not the model's canonical encoding (order, names or dtypes)")
+        return self._checked(signed, output, bound_id)
+
+    @staticmethod
+    def _checked(signed: SignedReceipt, output: bytes, bound_id: bytes) -> tuple[SignedReceipt, bytes]:
+        """`signed` and `output` if the receipt is for this relay's fulfilment id, over `output`, and
+        signed by the enclave it names."""
         if (
             signed.receipt.request_id != bound_id
             or signed.receipt.output_hash != keccak256(output)
