@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The relay's credential for POST /receipts/batch: fresh per demo run, only its sha256 reaches the enclave.
 BATCH_TOKEN = secrets.token_hex(32)
 WORK = REPO / ".demo"
+LLM = "smollm2-135m-instruct"
 HARDWARE_SAMPLE = REPO / "tests/fixtures/attestation/valid/marlin_oyster__risczero_testcase_aws.bin"
 MEASURED = ["attestation", "enclave"]
 
@@ -196,10 +197,58 @@ def inference_steps(url: str, pki: Path) -> None:
     (WORK / "forged-iris-mlp.json").write_text(json.dumps(forged))
     forged_command = verify_command(WORK / "forged-iris-mlp.json", WORK / "request-iris-mlp.json", pki, nonce)
     run(*forged_command, expect=1)
+    llm_steps(url, pki, nonce)
+
+
+ARTICLE_PROMPT = "Ethereum is the community-run technology"
+ARTICLE_GPT2_XL = (22.09, 1.63)  # the article's GPT2-XL in a 12-vCPU enclave: seconds, tokens/s
+
+
+def llm_steps(url: str, pki: Path, nonce: str) -> None:
+    """The article's prompt to the LLM, streamed over the OpenAI API with checkpoints and a final receipt."""
+    step("12. The article's LLM prompt over the OpenAI API (POST /v1/completions, streamed, chained chunks)")
+    request = json.dumps(
+        {"model": LLM, "prompt": ARTICLE_PROMPT, "max_tokens": 64, "temperature": 0, "stream": True}
+    ).encode()
+    events: list[bytes] = []
+    first_token = None
+    started = time.perf_counter()
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/completions",
+        content=request,
+        headers={"content-type": "application/json"},
+        timeout=120,
+    ) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                first_token = first_token or time.perf_counter()
+            if line:
+                events.append(line.encode() + b"\n\n")
+    elapsed = time.perf_counter() - started
+    transcript = b"".join(events)
+    chunks = [json.loads(e[6:]) for e in events if e.startswith(b"data: {")]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c.get("choices"))
+    tokens = chunks[-1]["verinfer"]["tokens"]
+    checkpoints = sum("checkpoint" in c["verinfer"] for c in chunks)
+    (WORK / "request-llm.json").write_bytes(request)
+    (WORK / "response-llm.sse").write_bytes(transcript)
+    print(f"{ARTICLE_PROMPT}{text}")
+    decode_s = elapsed - (first_token - started if first_token else 0.0)
+    rate = (tokens - 1) / decode_s if decode_s > 0 and tokens > 1 else float("nan")
+    seconds, article_rate = ARTICLE_GPT2_XL
+    print(
+        f"\n{tokens} tokens in {elapsed:.2f} s ({rate:.1f} tokens/s decode, first token after "
+        f"{(first_token or started) - started:.3f} s), {checkpoints} signed checkpoint(s) and a final receipt"
+    )
+    print(f"article: GPT2-XL (a far larger model) in a 12-vCPU enclave, {seconds} s, {article_rate} tokens/s")
+    step("13. Verify the completion offline: request bytes, chain, checkpoints, final receipt, attestation")
+    run(*verify_command(WORK / "response-llm.sse", WORK / "request-llm.json", pki, nonce))
 
 
 def chain_steps(url: str, pki: Path) -> None:
-    step("12. Start a local EVM (anvil, pinned in package.json) and deploy the InferenceVerifier")
+    step("14. Start a local EVM (anvil, pinned in package.json) and deploy the InferenceVerifier")
     with ExitStack() as stack:
         rpc = stack.enter_context(running_anvil())
         w3 = connect(rpc)
@@ -208,7 +257,7 @@ def chain_steps(url: str, pki: Path) -> None:
         contract = deploy_verifier(admin)
         print(f"anvil at {rpc}; InferenceVerifier at {contract.address} (admin {admin.account.address})")
 
-        step("13. The admin approves the image (keccak256(PCR0||PCR1||PCR2)), the models and a verifier key")
+        step("15. The admin approves the image (keccak256(PCR0||PCR1||PCR2)), the models and a verifier key")
         pcrs = measure_image(REPO / "models").pcrs
         image = image_id(pcrs)
         models = json.loads((WORK / "manifest.json").read_text())["models"]
@@ -222,7 +271,7 @@ def chain_steps(url: str, pki: Path) -> None:
         print(f"image 0x{image.hex()} (PCR0 {pcrs[0].hex()[:24]}...)")
         print(f"models: {', '.join(m['name'] for m in models)}; verifier {verifier_key.address}")
 
-        step("14. Register the enclave through the attestation verifier service (fresh nonce, PCR policy)")
+        step("16. Register the enclave through the attestation verifier service (fresh nonce, PCR policy)")
         verifier_port = free_port()
         stack.enter_context(
             background(
@@ -260,7 +309,7 @@ def chain_steps(url: str, pki: Path) -> None:
             f"http://127.0.0.1:{verifier_port}",
         )
 
-        step("15. A consumer contract asks mnist-lenet for a digit; the relay serves it through the enclave")
+        step("17. A consumer contract asks mnist-lenet for a digit; the relay serves it through the enclave")
         consumer = deploy(
             admin,
             "ClassifierConsumer",
@@ -324,8 +373,9 @@ def chain_steps(url: str, pki: Path) -> None:
             f"fulfilled by relay {fulfilled['fulfiller']} with a receipt from enclave {fulfilled['enclave']}"
         )
         print(f"callback landed: consumer.labels(request) = {consumer.functions.labels(request_id).call()}")
+        onchain_completion(admin, user, contract, models)
 
-        step("16. The relay anchors the enclave's HTTP receipts as one Merkle batch; one is proven on-chain")
+        step("19. The relay anchors the enclave's HTTP receipts as one Merkle batch; one is proven on-chain")
         wait(lambda: bool(contract.events.BatchAnchored().get_logs(from_block=0)), "a batch")
         batch = contract.events.BatchAnchored().get_logs(from_block=0)[0]["args"]
         root = bytes(batch["root"])
@@ -333,6 +383,38 @@ def chain_steps(url: str, pki: Path) -> None:
         served = json.loads((WORK / "response-iris-mlp.json").read_text())["receipt"]
         proven = prove_inclusion(contract, root, served)
         print(f"proveReceipt(iris-mlp receipt {served['requestId'][:18]}...) -> enclave {proven}")
+
+
+def onchain_completion(admin: TxSender, user: TxSender, contract: Any, models: list[dict[str, Any]]) -> None:
+    """The article's prompt asked by a contract; the relay posts the on-chain body verbatim to /v1."""
+    step("18. A TextCompletionConsumer asks the LLM the article's prompt on chain; the relay serves it")
+    llm = next(m for m in models if m["name"] == LLM)
+    # callback gas = 100,000 + 6,000 per token asked for; at most 256 tokens; one hour to answer
+    consumer = deploy(
+        admin,
+        "TextCompletionConsumer",
+        contract.address,
+        bytes.fromhex(llm["sha256"]),
+        LLM,
+        256,
+        100_000,
+        6_000,
+        3600,
+    )
+    started = time.perf_counter()
+    tx = user.transact(consumer.functions.ask(ARTICLE_PROMPT, 32), value=10**16)
+    request_id = bytes(
+        contract.events.InferenceRequested().process_receipt(tx, errors=DISCARD)[0]["args"]["requestId"]
+    )
+    print(f"consumer {consumer.address} asked {ARTICLE_PROMPT!r} (32 tokens): request 0x{request_id.hex()}")
+    print(f"on-chain request body: {consumer.functions.requestBody(ARTICLE_PROMPT, 32).call().decode()}")
+    wait(lambda: consumer.functions.answer(request_id).call()[0], "the completion callback", timeout=180)
+    _, text, finish, tokens = consumer.functions.answer(request_id).call()
+    elapsed = time.perf_counter() - started
+    print(f"callback landed after {elapsed:.1f} s (blocks every 0.3 s): {ARTICLE_PROMPT}{text}")
+    print(
+        f"{tokens} tokens, finish_reason code {finish}; the receipt was checked on chain before the callback"
+    )
 
 
 def prove_inclusion(contract: Any, root: bytes, receipt_json: dict[str, Any]) -> str:
