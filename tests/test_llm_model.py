@@ -185,11 +185,8 @@ def test_initializers_hold_exactly_the_gguf_weights(gguf_model) -> None:
             f"{p}.block_offset",
             "embed.qweight_int8",
             "embed.scales",
-            "lm_head.hi.qweight",
-            "lm_head.lo.qweight",
-            "lm_head.hi.scales",
-            "lm_head.lo.scales",
-            "lm_head.lo.zero_points",
+            "lm_head.qweight",
+            "lm_head.scales",
         }
     )
     # Q4_1: MatMulNBits' d*(q-8) plus the per-block constant (m + 8d) reproduces d*q + m
@@ -207,13 +204,9 @@ def test_initializers_hold_exactly_the_gguf_weights(gguf_model) -> None:
     table = inits["embed.qweight_int8"].astype(np.float32).reshape(v, -1, 32)
     got_e = (table * inits["embed.scales"][..., None]).reshape(v, -1)
     assert np.array_equal(got_e, emb)
-    # tied head: 16d*(h-8) + d*l == d*q exactly (every term and sum is exact in float32)
-    assert not inits["lm_head.lo.zero_points"].any()
-    hi = _unpack(inits["lm_head.hi.qweight"]).reshape(v, -1, 32).astype(np.float32)
-    lo = _unpack(inits["lm_head.lo.qweight"]).reshape(v, -1, 32).astype(np.float32)
-    shi = inits["lm_head.hi.scales"].reshape(v, -1, 1)
-    slo = inits["lm_head.lo.scales"].reshape(v, -1, 1)
-    assert np.array_equal((shi * (hi - 8) + slo * lo).reshape(v, -1), emb)
+    # tied head: one 8-bit MatMulNBits, d * ((q + 128) - 128) with its default zero point 128 is d*q exactly
+    head = inits["lm_head.qweight"].astype(np.float32).reshape(v, -1, 32)
+    assert np.array_equal((inits["lm_head.scales"].reshape(v, -1, 1) * (head - 128)).reshape(v, -1), emb)
 
 
 def _sha(path: Path) -> str:

@@ -1,7 +1,7 @@
 """Build the decoder ONNX graph (com.microsoft MatMulNBits + GroupQueryAttention) from GGUF quant blocks.
 
 Weights stay exactly the GGUF's: Q4_1 w = d*q + m becomes MatMulNBits' d*(q-8) plus blocksum(x) @ (m + 8d);
-the Q8_0 tied embedding is an int8 Gather table and, as the head, two 4-bit MatMulNBits (q+128 = 16h + l).
+the Q8_0 tied embedding is an int8 Gather table and, as the head, one 8-bit MatMulNBits (q+128, zp 128).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class _Builder:
     def blocksum(self, x: str, k: int) -> str:
         """ReduceSum of x over 32-wide blocks along the last axis: [B,S,K] -> [B,S,K/32]."""
         if k not in self.shapes:
-            self.shapes[k] = self.g.init(f"shape.blocks_{k}", np.array([0, 0, k // QK, QK], np.int64))
+            shp = [-1, k // QK, QK]
+            self.shapes[k] = self.g.init(f"shape.blocks_{k}", np.array(shp, np.int64))
         r = self.g.op1("Reshape", [x, self.shapes[k]])
         return self.g.op1("ReduceSum", [r, "const.axis_last"], keepdims=0)
 
@@ -121,8 +122,8 @@ class _Builder:
         )
         if bsum is None:
             bsum = self.blocksum(x, k)
-        off = self.g.op1("MatMul", [bsum, mp])
-        return self.g.op1("Add", [y, off]), bsum
+        # activations are 2D [tokens, K] here, so the correction and its Add are one Gemm
+        return self.g.op1("Gemm", [bsum, mp, y]), bsum
 
     def norm_weight(self, name: str) -> str:
         t = self.m.tensors[name]
@@ -174,9 +175,13 @@ class _Builder:
         eq = g.op1("Cast", [g.op1("Gather", [tab, "input_ids"], axis=0)], to=TensorProto.FLOAT)
         eq = g.op1("Reshape", [eq, g.init("shape.embed_blocks", np.array([0, 0, nb, QK], np.int64))])
         es = g.op1("Unsqueeze", [g.op1("Gather", [esc, "input_ids"], axis=0), "const.axis_last"])
+        # the residual stream is 2D [tokens, hidden] (so each Q4_1 correction is one Gemm); 3D [B, S, .] only
+        # around GroupQueryAttention and before the last-position gather
         h = g.op1(
-            "Reshape", [g.op1("Mul", [eq, es]), g.init("shape.hidden", np.array([0, 0, hidden], np.int64))]
+            "Reshape", [g.op1("Mul", [eq, es]), g.init("shape.hidden", np.array([-1, hidden], np.int64))]
         )
+        ishape0 = g.op1("Shape", ["input_ids"])
+        bs3 = g.op1("Concat", [ishape0, g.init("const.minus1", np.array([-1], np.int64))], axis=0)
 
         inputs = [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
@@ -226,7 +231,17 @@ class _Builder:
             g.nodes.append(
                 helper.make_node(
                     "GroupQueryAttention",
-                    [qkv, "", "", pk, pv, seqlens, total_len, cos, sin],
+                    [
+                        g.op1("Reshape", [qkv, bs3]),
+                        "",
+                        "",
+                        pk,
+                        pv,
+                        seqlens,
+                        total_len,
+                        cos,
+                        sin,
+                    ],
                     [attn, ok, ov],
                     name=gqa,
                     domain=MS,
@@ -236,6 +251,7 @@ class _Builder:
                     rotary_interleaved=1,
                 )
             )
+            attn = g.op1("Reshape", [attn, "shape.hidden"])
             o, _ = self.linear(attn, f"{p}.attn_output", [t[f"{p}.attn_output.weight"]])
             gamma2 = self.norm_weight(f"{p}.ffn_norm.weight")
             outs = g.op("SkipSimplifiedLayerNormalization", [o, residual or h, gamma2], 4, MS, epsilon=eps)
@@ -249,6 +265,10 @@ class _Builder:
         xf = g.op(
             "SkipSimplifiedLayerNormalization", [pending or h, residual or h, gamma_f], 1, MS, epsilon=eps
         )[0]
+        xf = g.op1(
+            "Reshape",
+            [xf, g.op1("Concat", [ishape0, g.init("const.hidden1", np.array([hidden], np.int64))], axis=0)],
+        )
         if self.o.last_logits_only:
             # row b's last real token in this step: clip(sum(mask_b) - 1 - (T - S), 0, S-1)
             ishape = g.op1("Shape", ["input_ids"])
@@ -267,17 +287,31 @@ class _Builder:
                 axis=0,
             )
             xf = g.op1("GatherElements", [xf, g.op1("Expand", [idx, bshape])], axis=1)
-        # tied head from the Q8_0 table: q+128 = 16h + l, 16d*(h-8) + d*(l-0) = d*q
+        # tied head from the Q8_0 table: one 8-bit MatMulNBits, B = q+128 (uint8, [N, K/32, 32]) with the
+        # default zero point 128, so d*((q+128)-128) = d*q exactly
         u = (q8.astype(np.int16) + 128).astype(np.uint8)
-        hi = g.init("lm_head.hi.qweight", pack_nibbles(u >> 4))
-        lo = g.init("lm_head.lo.qweight", pack_nibbles(u & 0x0F))
-        shi = g.init("lm_head.hi.scales", (np.float32(16) * d8).reshape(-1))
-        slo = g.init("lm_head.lo.scales", d8.reshape(-1))
-        zlo = g.init("lm_head.lo.zero_points", np.zeros(vocab * ((nb + 1) // 2), np.uint8))
-        kw = {"K": hidden, "N": vocab, "bits": 4, "block_size": QK, "accuracy_level": self.o.accuracy_level}
-        yh = g.op1("MatMulNBits", [xf, hi, shi], domain=MS, **kw)
-        yl = g.op1("MatMulNBits", [xf, lo, slo, zlo], domain=MS, **kw)
-        g.nodes.append(helper.make_node("Add", [yh, yl], ["logits"], name="lm_head_sum"))
+        w8 = g.init("lm_head.qweight", np.ascontiguousarray(u.reshape(vocab, nb, QK)))
+        s8 = g.init("lm_head.scales", d8.reshape(-1))
+        g.nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                [xf, w8, s8],
+                ["logits"],
+                name="lm_head",
+                domain=MS,
+                K=hidden,
+                N=vocab,
+                bits=8,
+                block_size=QK,
+                accuracy_level=self.o.accuracy_level,
+            )
+        )
+        return self._finish(inputs, outputs, vocab)
+
+    def _finish(
+        self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], vocab: int
+    ) -> onnx.ModelProto:
+        m, g = self.m, self.g
         s_out = 1 if self.o.last_logits_only else "sequence_length"
         outputs.insert(
             0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", s_out, vocab])
