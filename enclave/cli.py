@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             queue_limit=args.llm_queue,
             threads=args.llm_threads,
             checkpoint_tokens=args.llm_checkpoint_tokens,
+            spin=not args.llm_no_spin,
         )
         if llm is not None:
             log.info("LLM %s served on /v1 (%d-token context)", llm.name, args.llm_context)
@@ -192,6 +193,11 @@ def register_serve(subparsers: Any) -> None:
     llm = serve.add_argument_group("LLM (the manifest's text-generation model, on /v1)")
     llm.add_argument("--no-llm", action="store_true", help="do not load the manifest's LLM")
     llm.add_argument("--llm-threads", type=int, default=None, metavar="N", help="default: all CPUs")
+    llm.add_argument(
+        "--llm-no-spin",
+        action="store_true",
+        help="onnxruntime's threads sleep between kernels instead of spinning (for a shared host)",
+    )
     llm.add_argument(
         "--llm-max-batch", type=int, default=4, metavar="N", help="sequences decoded together (default 4)"
     )

@@ -452,6 +452,13 @@ class LlmEngine:
         self._active.pop()
         if self._filling is not None:  # a prompt being prefilled sits right after the batch: follow it down
             self._move_row(last + 1, last, self._filling.length)
+            last += 1
+        self._release_row(last)
+
+    def _release_row(self, row: int) -> None:
+        """Give a now-unused row's pages back to the OS, so memory follows the tokens in use after a burst."""
+        for cache in (*self._keys, *self._values):
+            _release(cache, row)
 
     def _move_row(self, source: int, target: int, n: int) -> None:
         for cache in (*self._keys, *self._values):
@@ -538,6 +545,18 @@ def _lazy_zeros(shape: tuple[int, ...]) -> NDArray[np.float32]:
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         region.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(region, dtype=np.float32).reshape(shape)
+
+
+def _release(cache: NDArray[np.float32], row: int) -> None:
+    """MADV_DONTNEED on row `row` of a _lazy_zeros buffer: its pages read as zeros again and leave RSS."""
+    region = cache.base
+    while region is not None and not isinstance(region, mmap.mmap):
+        region = getattr(region, "base", None)
+    if region is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    size = cache[0].nbytes  # rows are whole pages: kv_heads * max_context * head * 4 bytes
+    if size % mmap.PAGESIZE == 0:
+        region.madvise(mmap.MADV_DONTNEED, row * size, size)
 
 
 def _make_session(

@@ -526,6 +526,7 @@ def load_llm(
     queue_limit: int = 16,
     threads: int | None = None,
     checkpoint_tokens: int = DEFAULT_CHECKPOINT_TOKENS,
+    spin: bool = True,
 ) -> LlmService | None:
     """The manifest's LLM, loaded and warmed; None when the manifest lists none."""
     entries = [e for e in enclave.manifest.models.values() if e.is_llm]
@@ -536,7 +537,12 @@ def load_llm(
     entry = entries[0]
     model_dir: Path = enclave.manifest.directory / entry.file
     engine = LlmEngine(
-        model_dir, max_batch=max_batch, max_context=max_context, queue_limit=queue_limit, threads=threads
+        model_dir,
+        max_batch=max_batch,
+        max_context=max_context,
+        queue_limit=queue_limit,
+        threads=threads,
+        spin=spin,
     )
     return LlmService(enclave, entry, engine, checkpoint_tokens=checkpoint_tokens, max_context=max_context)
 

@@ -1,7 +1,7 @@
 """Build the decoder ONNX graph (com.microsoft MatMulNBits + GroupQueryAttention) from GGUF quant blocks.
 
 Weights stay exactly the GGUF's: Q4_1 w = d*q + m becomes MatMulNBits' d*(q-8) plus blocksum(x) @ (m + 8d);
-the Q8_0 tied embedding is an int8 Gather table and, as the head, one 8-bit MatMulNBits (q+128, zp 128).
+the Q8_0 tied table is stored once (q+128): the embedding Gathers from it, the head is an 8-bit MatMulNBits.
 """
 
 from __future__ import annotations
@@ -167,13 +167,15 @@ class _Builder:
         g.init("const.idx1", np.array(1, np.int64))
         total_len = g.op1("Cast", [g.op1("Gather", [mshape, "const.idx1"], axis=0)], to=TensorProto.INT32)
 
-        # embedding: int8 table and per-block f32 scales, Cast * scale is exactly d*q
+        # The tied Q8_0 table, stored once as q+128 (uint8 [V, K/32, 32]): the output head's 8-bit MatMulNBits
+        # weight, and the embedding, (Cast(row) - 128) * scale, which is exactly d*q
         d8, q8 = q8_0_parts(emb.raw)
         nb = hidden // QK
-        tab = g.init("embed.qweight_int8", q8.reshape(vocab, hidden))
+        u = (q8.astype(np.int16) + 128).astype(np.uint8)
+        table = g.init("lm_head.qweight", np.ascontiguousarray(u.reshape(vocab, nb, QK)))
         esc = g.init("embed.scales", d8)
-        eq = g.op1("Cast", [g.op1("Gather", [tab, "input_ids"], axis=0)], to=TensorProto.FLOAT)
-        eq = g.op1("Reshape", [eq, g.init("shape.embed_blocks", np.array([0, 0, nb, QK], np.int64))])
+        eq = g.op1("Cast", [g.op1("Gather", [table, "input_ids"], axis=0)], to=TensorProto.FLOAT)
+        eq = g.op1("Sub", [eq, g.init("const.q8_zero_point", np.array(128, np.float32))])
         es = g.op1("Unsqueeze", [g.op1("Gather", [esc, "input_ids"], axis=0), "const.axis_last"])
         # the residual stream is 2D [tokens, hidden] (so each Q4_1 correction is one Gemm); 3D [B, S, .] only
         # around GroupQueryAttention and before the last-position gather
@@ -287,15 +289,12 @@ class _Builder:
                 axis=0,
             )
             xf = g.op1("GatherElements", [xf, g.op1("Expand", [idx, bshape])], axis=1)
-        # tied head from the Q8_0 table: one 8-bit MatMulNBits, B = q+128 (uint8, [N, K/32, 32]) with the
-        # default zero point 128, so d*((q+128)-128) = d*q exactly
-        u = (q8.astype(np.int16) + 128).astype(np.uint8)
-        w8 = g.init("lm_head.qweight", np.ascontiguousarray(u.reshape(vocab, nb, QK)))
+        # tied head: one 8-bit MatMulNBits over the same table, default zero point 128: d*((q+128)-128) = d*q
         s8 = g.init("lm_head.scales", d8.reshape(-1))
         g.nodes.append(
             helper.make_node(
                 "MatMulNBits",
-                [xf, w8, s8],
+                [xf, table, s8],
                 ["logits"],
                 name="lm_head",
                 domain=MS,
