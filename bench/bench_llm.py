@@ -1,6 +1,6 @@
 """The LLM against llama.cpp, in one run: same GGUF, same prompt tokens, same thread count, greedy.
 
-    .venv/bin/python -m bench.bench_llm [--threads 2] [--tokens 128] [--runs 3]
+    .venv/bin/python -m bench.bench_llm [--threads 2] [--tokens 128] [--runs 3] [--rounds 3]
 
 1. in-process: our engine (enclave/llm_engine.py over the converted ONNX graph) against llama-cpp-python's
    low-level eval: prefill of the ~105-token chat prompt, decode tokens/s over 128 greedy tokens;
@@ -10,7 +10,9 @@
    --parallel 4` (continuous batching); aggregate decode tokens/s and the worst time to first token.
 
 llama-cpp-python and llama-server are built on demand into build/bench-cache/ (bench/llm_baselines.py;
-minutes, once). Fairness: llama.cpp's KV cache is cleared between in-process runs and llama-server gets
+minutes, once). Each side is measured in alternating rounds (in-process ones each in a fresh process) and the
+medians are compared, because on a 2-core machine the load drifts between measurements. Fairness:
+llama.cpp's KV cache is cleared between in-process runs and llama-server gets
 `cache_prompt: false` and `--cache-ram 0` (else a shared prompt prefix skips prefill), `repeat_penalty: 1`
 and `top_k: 1` (its default sampler is not greedy); both sides ignore end-of-sequence so every stream makes
 the same number of tokens. Figures are printed whatever they are, with the goals beside them.
@@ -21,8 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +66,7 @@ class _Timer:
         self.done.set()
 
 
-def ours_inprocess(prompt: list[int], n_decode: int, threads: int, runs: int) -> dict[str, Any]:
+def ours_inprocess(prompt: list[int], n_decode: int, threads: int, runs: int = 3) -> dict[str, Any]:
     from enclave.llm_engine import LlmEngine, SamplingParams
 
     params = SamplingParams(
@@ -104,7 +109,6 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 
 def ours_server(threads: int, n_decode: int, runs: int) -> dict[str, Any]:
     """Single stream and four streams through our server with receipts, plus its memory."""
-    import subprocess
     import tempfile
 
     from verinfer.processes import VERINFER, free_port, stop, wait_ready
@@ -161,24 +165,66 @@ def _line(label: str, ours: float, theirs: float, goal: str, higher_better: bool
     return f"  {label:<46} {ours:>9.1f} {theirs:>11.1f} {ratio:>7.2f}x   goal {goal}"
 
 
+def _worker(kind: str, prompt: list[int], tokens: int, threads: int, runs: int) -> dict[str, Any]:
+    """One in-process measurement in a fresh process, so neither runtime's threads linger into the other's."""
+    command = [sys.executable, "-m", "bench.bench_llm", "--worker", kind, "--tokens", str(tokens),
+               "--threads", str(threads), "--runs", str(runs), "--prompt", json.dumps(prompt)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO, timeout=900)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over alternating rounds (the machine's load drifts; A/B/A/B keeps the ratio honest)."""
+    pooled = dict(results[0])
+    for key, value in results[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            pooled[key] = round(float(statistics.median(r[key] for r in results)), 1)
+    pooled["deterministic"] = all(r["deterministic"] for r in results) and all(
+        r["tokens"] == results[0]["tokens"] for r in results
+    )
+    pooled["rounds"] = [{k: r[k] for k in ("prefill_ms", "decode_tok_s")} for r in results]
+    return pooled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="measurements per round (medians)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side (medians)")
+    parser.add_argument("--worker", choices=("ours", "llama"), help=argparse.SUPPRESS)
+    parser.add_argument("--prompt", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker is not None:
+        measure = ours_inprocess if args.worker == "ours" else partial(llama_cpp_inprocess, GGUF)
+        print(json.dumps(measure(json.loads(args.prompt), args.tokens, args.threads, args.runs)))
+        return
     prompt = render_chat_tokens(GGUF, chat_messages())
     print(
-        f"prompt: {len(prompt)} tokens (chat template); {args.tokens} greedy tokens; {args.threads} threads"
+        f"prompt: {len(prompt)} tokens (chat template); {args.tokens} greedy tokens; {args.threads} threads; "
+        f"{args.rounds} alternating rounds of {args.runs} runs"
     )
-
-    ours = ours_inprocess(prompt, args.tokens, args.threads, args.runs)
-    theirs = llama_cpp_inprocess(GGUF, prompt, args.tokens, args.threads, args.runs)
+    mine: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    servers: list[dict[str, Any]] = []
+    baselines: list[dict[str, Any]] = []
+    for round_ in range(args.rounds):
+        pair = [("ours", mine), ("llama", others)]
+        for kind, into in pair if round_ % 2 == 0 else pair[::-1]:
+            into.append(_worker(kind, prompt, args.tokens, args.threads, args.runs))
+        first, second = (ours_server, theirs_server) if round_ % 2 == 0 else (theirs_server, ours_server)
+        for serve in (first, second):
+            (servers if serve is ours_server else baselines).append(
+                serve(args.threads, args.tokens, args.runs)
+            )
+    ours, theirs = _pooled(mine), _pooled(others)
     same = sum(a == b for a, b in zip(ours["tokens"], theirs["tokens"], strict=False))
-    served = ours_server(args.threads, args.tokens, args.runs)
-    baseline = theirs_server(args.threads, args.tokens, args.runs)
+    served = {k: (round(float(statistics.median(r[k] for r in servers)), 1) if k != "texts_identical" else
+                  all(r[k] for r in servers)) for k in servers[0]}  # fmt: skip
+    baseline = {k: round(float(statistics.median(r[k] for r in baselines)), 1) for k in baselines[0]}
 
     print(f"\n  {'':<46} {'verinfer':>9} {'llama.cpp':>11} {'ratio':>8}")
     print(_line("in-process prefill, ms (lower is better)", ours["prefill_ms"], theirs["prefill_ms"], ">= 2x",
