@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -121,42 +122,32 @@ def ours_server(threads: int, n_decode: int, runs: int) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, timeout=120)
-        base = f"{url}/v1"
-        messages = chat_messages()
-        openai_streams(base, MODEL, messages, 1, 8, OURS_EXTRA_BODY)  # warm-up
-        single = [openai_streams(base, MODEL, messages, 1, n_decode, OURS_EXTRA_BODY) for _ in range(runs)]
-        quad = [openai_streams(base, MODEL, messages, 4, n_decode, OURS_EXTRA_BODY) for _ in range(runs)]
+        figures = stream_figures(f"{url}/v1", MODEL, OURS_EXTRA_BODY, n_decode, runs)
         rss, peak = _rss_kib(process.pid)
     finally:
         stop(process)
-    return {
-        "single_decode_tok_s": _median([r["streams"][0] for r in single], "decode_tok_s"),
-        "single_ttft_ms": _median([r["streams"][0] for r in single], "ttft_ms"),
-        "quad_aggregate_tok_s": _median(quad, "aggregate_decode_tok_s"),
-        "quad_worst_ttft_ms": _median(quad, "worst_ttft_ms"),
-        "rss_mib": round(rss / 1024, 1),
-        "peak_rss_mib": round(peak / 1024, 1),
-        "texts_identical": len({t for r in quad for t in r["texts"]} | {single[0]["texts"][0]}) == 1,
-    }
+    return {**figures, "rss_mib": round(rss / 1024, 1), "peak_rss_mib": round(peak / 1024, 1)}
 
 
 def theirs_server(threads: int, n_decode: int, runs: int) -> dict[str, Any]:
-    messages = chat_messages()
     with llama_server(GGUF, threads, parallel=4) as server:
-        openai_streams(server.base_url, server.model, messages, 1, 8, LLAMA_SERVER_EXTRA_BODY)
-        single = [
-            openai_streams(server.base_url, server.model, messages, 1, n_decode, LLAMA_SERVER_EXTRA_BODY)
-            for _ in range(runs)
-        ]
-        quad = [
-            openai_streams(server.base_url, server.model, messages, 4, n_decode, LLAMA_SERVER_EXTRA_BODY)
-            for _ in range(runs)
-        ]
+        return stream_figures(server.base_url, server.model, LLAMA_SERVER_EXTRA_BODY, n_decode, runs)
+
+
+def stream_figures(
+    base_url: str, model: str, extra_body: Mapping[str, Any], n_decode: int, runs: int
+) -> dict[str, Any]:
+    """One stream, then four at once, `runs` times each (after a warm-up), through the openai client."""
+    messages = chat_messages()
+    openai_streams(base_url, model, messages, 1, 8, extra_body)
+    single = [openai_streams(base_url, model, messages, 1, n_decode, extra_body) for _ in range(runs)]
+    quad = [openai_streams(base_url, model, messages, 4, n_decode, extra_body) for _ in range(runs)]
     return {
         "single_decode_tok_s": _median([r["streams"][0] for r in single], "decode_tok_s"),
         "single_ttft_ms": _median([r["streams"][0] for r in single], "ttft_ms"),
         "quad_aggregate_tok_s": _median(quad, "aggregate_decode_tok_s"),
         "quad_worst_ttft_ms": _median(quad, "worst_ttft_ms"),
+        "texts_identical": len({t for r in quad for t in r["texts"]} | {single[0]["texts"][0]}) == 1,
     }
 
 
@@ -224,7 +215,8 @@ def main() -> None:
     same = sum(a == b for a, b in zip(ours["tokens"], theirs["tokens"], strict=False))
     served = {k: (round(float(statistics.median(r[k] for r in servers)), 1) if k != "texts_identical" else
                   all(r[k] for r in servers)) for k in servers[0]}  # fmt: skip
-    baseline = {k: round(float(statistics.median(r[k] for r in baselines)), 1) for k in baselines[0]}
+    baseline = {k: (round(float(statistics.median(r[k] for r in baselines)), 1) if k != "texts_identical" else
+                    all(r[k] for r in baselines)) for k in baselines[0]}  # fmt: skip
 
     print(f"\n  {'':<46} {'verinfer':>9} {'llama.cpp':>11} {'ratio':>8}")
     print(_line("in-process prefill, ms (lower is better)", ours["prefill_ms"], theirs["prefill_ms"], ">= 2x",

@@ -482,7 +482,7 @@ def served_llm(server: str) -> dict[str, Any] | None:
 
 @pytest.mark.usefixtures("miner")
 def test_consumer_gets_the_real_enclaves_completion(
-    chain: Chain, server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    snapshot: Chain, server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The answer stored on chain is the text the same request body gets over HTTP; a tampered text
     with the real enclave's receipt is refused."""
@@ -490,8 +490,8 @@ def test_consumer_gets_the_real_enclaves_completion(
     if entry is None:
         pytest.skip("the session server serves no text-generation model (models/llm not built)")
     model_hash = bytes.fromhex(entry["modelHash"].removeprefix("0x"))
-    assert chain.layouts[model_hash] == LLM_LAYOUT
-    consumer = deploy_consumer(chain, model_hash, entry["name"])
+    assert snapshot.layouts[model_hash] == LLM_LAYOUT
+    consumer = deploy_consumer(snapshot, model_hash, entry["name"])
     body = body_of(PROMPT, MAX_TOKENS, entry["name"])
     over_http = httpx.post(
         f"{server}/v1/completions", content=body, headers={"Content-Type": "application/json"}, timeout=300
@@ -500,14 +500,14 @@ def test_consumer_gets_the_real_enclaves_completion(
     assert SignedReceipt.from_json(over_http["receipt"]).receipt.input_hash == keccak256(body)
 
     db = tmp_path / "relay.sqlite3"
-    with relay_process(chain, [server], db):
-        request_id = ask(chain, consumer)
-        wait_for(lambda: stored(consumer, request_id)[0], timeout=300, what="the on-chain answer")
-    [event] = chain.contract.events.InferenceFulfilled().get_logs(
+    with relay_process(snapshot, [server], db):
+        request_id = ask(snapshot, consumer)
+        wait_for(lambda: stored(consumer, request_id)[0], timeout=300, what="the on-snapshot answer")
+    [event] = snapshot.contract.events.InferenceFulfilled().get_logs(
         from_block=0, argument_filters={"requestId": request_id}
     )
     assert event["args"]["callbackSucceeded"]
-    gas = chain.w3.eth.get_transaction_receipt(event["transactionHash"])["gasUsed"]
+    gas = snapshot.w3.eth.get_transaction_receipt(event["transactionHash"])["gasUsed"]
     with capsys.disabled():
         print(f"\nreal fulfil gas, {len(expected.encode())}-byte answer: {gas}")
     _, text, finish, tokens = stored(consumer, request_id)
@@ -518,8 +518,8 @@ def test_consumer_gets_the_real_enclaves_completion(
     )
 
     # A genuine receipt for the relay account, then a text it does not cover.
-    second = ask(chain, consumer)
-    relay_address = chain.relay.account.address
+    second = ask(snapshot, consumer)
+    relay_address = snapshot.relay.account.address
     bound = fulfilment_id(second, relay_address)
     answer = httpx.post(
         f"{server}/v1/completions",
@@ -540,12 +540,12 @@ def test_consumer_gets_the_real_enclaves_completion(
     enclave = checksum_address(signed.enclave)
 
     def fulfil(output: bytes) -> Any:
-        return chain.contract.functions.fulfill(
+        return snapshot.contract.functions.fulfill(
             second, output, signed.receipt.timestamp_ms, enclave, signed.signature
         )
 
     refused("ReceiptSignerMismatch", lambda: fulfil(tampered).call({"from": relay_address}))
-    chain.relay.transact(fulfil(honest))
+    snapshot.relay.transact(fulfil(honest))
     assert stored(consumer, second)[1] == expected
 
 

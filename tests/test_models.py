@@ -13,6 +13,7 @@ import onnxruntime
 import pytest
 
 from enclave.image import measure_image
+from protocol.llm import bundle_hash
 from protocol.manifest import ManifestError, load_manifest
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -20,9 +21,26 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 def test_manifest_hashes_match_the_files() -> None:
     manifest = load_manifest(MODELS)
-    assert set(manifest.models) == {"iris-ols", "iris-mlp", "mnist-lenet"}
+    assert set(manifest.models) == {"iris-ols", "iris-mlp", "mnist-lenet", "smollm2-135m-instruct"}
     for entry in manifest.models.values():
-        assert hashlib.sha256((MODELS / entry.file).read_bytes()).hexdigest() == entry.sha256
+        if entry.is_llm:  # a directory of files, each pinned; its sha256 is their bundle hash
+            for name, digest in entry.files:
+                assert hashlib.sha256((MODELS / entry.file / name).read_bytes()).hexdigest() == digest
+            assert bundle_hash(dict(entry.files)).hex() == entry.sha256
+        else:
+            assert hashlib.sha256((MODELS / entry.file).read_bytes()).hexdigest() == entry.sha256
+
+
+def test_a_changed_llm_file_is_refused(tmp_path: Path) -> None:
+    """The served LLM files are checked like ONNX files: one changed byte and the manifest does not load."""
+    copy = tmp_path / "models"
+    shutil.copytree(MODELS, copy, ignore=shutil.ignore_patterns("data", "*.py", "__pycache__"))
+    llm = load_manifest(MODELS, check_files=False).models["smollm2-135m-instruct"]
+    load_manifest(copy)
+    template = copy / llm.file / "chat_template.jinja"
+    template.write_bytes(template.read_bytes().replace(b"assistant", b"Assistant", 1))
+    with pytest.raises(ManifestError, match=r"chat_template\.jinja has sha256"):
+        load_manifest(copy)
 
 
 def test_lenet_accuracy_on_the_shipped_eval_subset() -> None:

@@ -207,11 +207,15 @@ class SpikeMiner(Miner):
 
 
 @contextmanager
-def relaxed_base_fee(chain: Chain) -> Iterator[None]:
+def relaxed_base_fee(chain: Chain, spike: SpikeMiner | None = None) -> Iterator[None]:
+    """Back to a cheap chain for the next test; a spike still mining would undo the reset, so it stops
+    first (else its next 20-gwei block could follow the reset and the next test start mid-spike)."""
     try:
         yield
     finally:
-        for _ in range(3):  # back to a cheap chain for the next test
+        if spike is not None:
+            spike.stop()
+        for _ in range(3):
             chain.rpc("anvil_setNextBlockBaseFeePerGas", hex(GWEI))
             chain.rpc("evm_mine")
 
@@ -316,7 +320,11 @@ def test_stuck_transaction_is_repriced_and_does_not_stall_the_loop(
     begin = start_arg(chain)
     spike = SpikeMiner(chain, 20 * GWEI)
     try:
-        with relaxed_base_fee(chain), relay_process(chain, [server], db, extra=begin), no_automine(chain):
+        with (
+            relaxed_base_fee(chain, spike),
+            relay_process(chain, [server], db, extra=begin),
+            no_automine(chain),
+        ):
             call = chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600)
             first_tx = send_at(
                 chain, call, 2 * GWEI, value=10**17
@@ -353,7 +361,11 @@ def test_re_pricing_stops_at_the_requests_break_even(chain: Chain, server: str, 
     spike = SpikeMiner(chain, 20 * GWEI)
     fee = 10 * GWEI * FULFIL_OVERHEAD_GAS  # break-even 10 gwei
     try:
-        with relaxed_base_fee(chain), relay_process(chain, [server], db, extra=begin), no_automine(chain):
+        with (
+            relaxed_base_fee(chain, spike),
+            relay_process(chain, [server], db, extra=begin),
+            no_automine(chain),
+        ):
             call = chain.contract.functions.requestInference(chain.models["iris-mlp"], iris_input(), 0, 3600)
             tx = send_at(chain, call, 2 * GWEI, value=fee)
             for _ in range(2):

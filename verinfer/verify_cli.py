@@ -87,18 +87,25 @@ def _pinning(args: argparse.Namespace) -> tuple[Any, list[bytes]]:
     return policy, flag_images or list(pinned.image_ids)
 
 
-def _verify_llm(args: argparse.Namespace, response: bytes) -> int:
+def _evidence(args: argparse.Namespace) -> tuple[bytes, Any]:
+    """The attestation document and, if given, the manifest."""
     from protocol.manifest import ManifestError
 
     from .verify import load_attestation, manifest_from_json
-    from .verify_llm import verify_completion
 
-    request = _read_bytes(args.request, "request") if args.request else None
     try:
         attestation = load_attestation(Path(args.attestation).read_bytes())
         manifest = manifest_from_json(_read_json(args.manifest, "manifest")) if args.manifest else None
     except (OSError, ValueError, ManifestError) as exc:
         raise UsageError(str(exc)) from exc
+    return attestation, manifest
+
+
+def _verify_llm(args: argparse.Namespace, response: bytes) -> int:
+    from .verify_llm import verify_completion
+
+    request = _read_bytes(args.request, "request") if args.request else None
+    attestation, manifest = _evidence(args)
     policy, image_ids = _pinning(args)
     report = verify_completion(
         request,
@@ -124,20 +131,14 @@ def _print_report(args: argparse.Namespace, report: Any) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from protocol.manifest import ManifestError
-
-    from .verify import load_attestation, manifest_from_json, verify_inference
+    from .verify import verify_inference
 
     raw_response = _read_bytes(args.response, "response")
     if is_llm_response(raw_response):
         return _verify_llm(args, raw_response)
     response = _read_json(args.response, "response")
     request = _read_json(args.request, "request") if args.request else None
-    try:
-        attestation = load_attestation(Path(args.attestation).read_bytes())
-        manifest = manifest_from_json(_read_json(args.manifest, "manifest")) if args.manifest else None
-    except (OSError, ValueError, ManifestError) as exc:
-        raise UsageError(str(exc)) from exc
+    attestation, manifest = _evidence(args)
     policy, image_ids = _pinning(args)
     report = verify_inference(
         response,
