@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup llm test lint typecheck pytest demo bench chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
+.PHONY: setup llm test lint typecheck pytest demo bench bench-llm chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
 
 setup: $(STAMP) $(NPM_STAMP) image-tools llm
 
@@ -70,6 +70,11 @@ bench: setup
 	$(BIN)/python -m bench.bench_server
 	$(BIN)/python -m bench.bench_gas
 
+# The LLM against llama-cpp-python and llama-server on the same GGUF (builds both into build/bench-cache/
+# the first time, ~15 min; docs/BENCHMARKS.md).
+bench-llm: setup
+	$(BIN)/python -m bench.bench_llm --threads 2 --tokens 128 --runs 3 --rounds 3
+
 # Two relays under 100 SIGKILLs, a 30 s RPC outage, a reorg deeper than their confirmations and a gas
 # spike; exits 1 if a request is lost or fulfilled twice, a nonce sticks, or a fee goes astray (docs/RELIABILITY.md).
 chaos: setup
@@ -110,4 +115,4 @@ models:
 	cd models && ../$(TRAIN_VENV)/bin/python build_manifest.py
 
 clean:
-	rm -rf $(VENV) node_modules build .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo
+	rm -rf $(VENV) node_modules build .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo $(LLM_DIR)
