@@ -55,6 +55,11 @@ def anvil() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def chain(anvil: str, server: str, server_pki: Path) -> Chain:
+    return build_chain(anvil, server, server_pki)
+
+
+def build_chain(anvil: str, server: str, server_pki: Path) -> Chain:
+    """Deploy and configure the verifier on `anvil` and register the real server on it."""
     w3 = connect(anvil)
     admin = sender(w3, 0)
     verifier_key = Account.from_key(ANVIL_KEYS[1])

@@ -28,9 +28,9 @@ from protocol.manifest import load_manifest
 from protocol.tensors import encode_tensors
 from relay.policy import FULFIL_OVERHEAD_GAS
 from relay.registration import attest_enclave, sign_registration, submit_registration
-from verinfer.processes import VERINFER, free_port, stop
+from verinfer.processes import VERINFER, free_port, running_anvil, stop
 
-from .chain_fixtures import Chain
+from .chain_fixtures import Chain, build_chain
 from .conftest import BATCH_TOKEN
 from .test_relay import (
     ANCHORING,
@@ -56,6 +56,15 @@ from .test_relay import (
 )
 
 GWEI = 10**9
+
+
+@pytest.fixture(scope="module")
+def chain(server: str, server_pki: Path) -> Iterator[Chain]:
+    """A chain of this module's own: its reorgs, gas spikes and chain switches must not depend on (or leave
+    anything in) the history other tests built on the session chain. (On the shared chain, after the whole
+    suite, anvil_reorg past ~100 blocks came back with state where the verifier was not deployed.)"""
+    with running_anvil() as url:
+        yield build_chain(url, server, server_pki)
 
 
 @pytest.fixture
