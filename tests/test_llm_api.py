@@ -236,6 +236,25 @@ def test_saved_stream_verifies_with_the_cli(
     assert bad.returncode == 1 and "REJECTED" in bad.stdout
 
 
+def test_saved_json_answer_verifies_with_the_cli_even_reformatted(
+    server: str, server_pki: Path, tmp_path: Path, attestation: bytes
+) -> None:
+    """A client may save the answer pretty-printed: the CLI still sees a completion (by its `object`)."""
+    request = orjson.dumps({"model": MODEL, "prompt": ARTICLE_PROMPT, "max_tokens": 8, "temperature": 0})
+    answer = httpx.post(
+        f"{server}/v1/completions", content=request, headers={"content-type": "application/json"}, timeout=60
+    )
+    (tmp_path / "request.json").write_bytes(request)
+    (tmp_path / "answer.json").write_text(json.dumps(answer.json(), indent=2))
+    (tmp_path / "attestation.cbor").write_bytes(attestation)
+    args = [VERINFER, "verify", str(tmp_path / "answer.json"),
+            "--attestation", str(tmp_path / "attestation.cbor"), "--request", str(tmp_path / "request.json"),
+            "--root", str(server_pki / "root.pem"), "--allow-any-image"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "output_hash" in done.stdout and "VERIFIED" in done.stdout
+
+
 def test_signature_endpoint_signs_request_and_response_hashes(
     client: openai.OpenAI, recorder: Recorder, server: str
 ) -> None:

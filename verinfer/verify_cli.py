@@ -46,10 +46,7 @@ PCR N, --image-id (if any) replaces the file's image_ids, --allow-debug turns de
 
 
 def _read_json(path: str, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc}") from exc
+    return _loads(_read_bytes(path, what), path, what)
 
 
 def _read_bytes(path: str, what: str) -> bytes:
@@ -59,14 +56,11 @@ def _read_bytes(path: str, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {exc}") from exc
 
 
-def is_llm_response(data: bytes) -> bool:
-    """An SSE transcript, or the JSON of a /v1 completion."""
-    head = data.lstrip()[:4096]
-    return (
-        head.startswith(b"data:")
-        or b'"object":"text_completion"' in head
-        or (b'"object":"chat.completion"' in head)
-    )
+def _loads(raw: bytes, path: str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from exc
 
 
 def _pinning(args: argparse.Namespace) -> tuple[Any, list[bytes]]:
@@ -132,11 +126,14 @@ def _print_report(args: argparse.Namespace, report: Any) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify_inference
+    from .verify_llm import is_completion, is_sse
 
     raw_response = _read_bytes(args.response, "response")
-    if is_llm_response(raw_response):
+    if is_sse(raw_response):
         return _verify_llm(args, raw_response)
-    response = _read_json(args.response, "response")
+    response = _loads(raw_response, args.response, "response")
+    if is_completion(response):
+        return _verify_llm(args, raw_response)
     request = _read_json(args.request, "request") if args.request else None
     attestation, manifest = _evidence(args)
     policy, image_ids = _pinning(args)

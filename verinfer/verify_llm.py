@@ -49,8 +49,16 @@ class Transcript:
     chain_break: str | None = None  # the first chunk whose stated chain differs from the recomputed one
 
 
+COMPLETION_OBJECTS = frozenset({"text_completion", "chat.completion"})
+
+
 def is_sse(data: bytes) -> bool:
     return data.lstrip().startswith(b"data:")
+
+
+def is_completion(response: Any) -> bool:
+    """The parsed JSON of a non-streamed /v1 completion (OpenAI's `object` field says which)."""
+    return isinstance(response, dict) and response.get("object") in COMPLETION_OBJECTS
 
 
 def _delta(chunk: dict[str, Any]) -> str:
