@@ -16,9 +16,10 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from protocol.errors import RequestError
+from protocol.llm import REQUEST_ID_HEADER
 
 from .llm_schemas import ChatCompletionRequest, CompletionRequest, OpenAIErrorBody
-from .llm_service import REQUEST_ID_HEADER, LlmService
+from .llm_service import LlmService
 
 _JSON = "application/json"
 _NO_LLM = RequestError(404, "model_not_found", "this enclave serves no LLM; GET /models lists its models")

@@ -17,7 +17,6 @@ goes away cancels its generation at the engine's next step.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -39,7 +38,6 @@ from .llm_schemas import ChatCompletionRequest, CompletionRequest
 from .llm_text import LlmText, StopMatcher
 from .service import EnclaveService, parse_request_id
 
-REQUEST_ID_HEADER = "verinfer-request-id"
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 DEFAULT_CHECKPOINT_TOKENS = 32
 SIGNATURES_KEPT = 10_000
@@ -545,7 +543,3 @@ def load_llm(
         spin=spin,
     )
     return LlmService(enclave, entry, engine, checkpoint_tokens=checkpoint_tokens, max_context=max_context)
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0))

@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from protocol.llm import OUTPUT_LAYOUT, bundle_hash
+from protocol.manifest import TEXT_GENERATION
 
 HERE = Path(__file__).resolve().parent
 # The LLM built by `make setup` (models/llm/); its entry lists every file of its directory.
@@ -64,7 +65,7 @@ def llm_entry(name: str, directory: str, description: str) -> dict[str, object]:
         "version": "1",
         "file": directory,
         "sha256": bundle_hash(files).hex(),
-        "task": "text-generation",
+        "task": TEXT_GENERATION,
         "description": description,
         "inputs": [{"name": "request", "dtype": "uint8", "shape": [-1]}],
         "outputs": [

@@ -41,6 +41,8 @@ FINISH_NAMES: dict[int, str] = {code: name for name, code in FINISH_CODES.items(
 CHECKPOINT_DOMAIN = b"verinfer.llm.checkpoint.v1\x00"
 BUNDLE_DOMAIN = "verinfer.llm.bundle.v1"
 SIGNING_ALGO = "ecdsa"
+# The receipt's requestId, sent as a header: the body is the request itself (on chain: the request's input)
+REQUEST_ID_HEADER = "Verinfer-Request-Id"
 
 
 class CompletionError(ProtocolError):

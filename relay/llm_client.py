@@ -16,15 +16,13 @@ import json
 from typing import Any, TypeVar
 
 from protocol.hashing import keccak256
-from protocol.llm import output_encoding
+from protocol.llm import REQUEST_ID_HEADER, output_encoding
 from protocol.receipts import SignedReceipt
 
 from .errors import EnclaveUnavailable, PermanentFailure
 from .http_client import Limits, OutboundError, request
 
-TEXT_GENERATION = "text-generation"  # the "task" of an LLM's GET /models entry
 DEFAULT_LLM_DEADLINE_S = 120.0  # a completion takes far longer than a tensor inference
-REQUEST_ID_HEADER = "Verinfer-Request-Id"
 T = TypeVar("T")
 
 

@@ -29,6 +29,7 @@ from web3.exceptions import Web3Exception
 
 from protocol import merkle
 from protocol.hashing import keccak256
+from protocol.manifest import TEXT_GENERATION
 from protocol.onchain import fulfilment_id
 from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
 from protocol.tensors import decode_tensors, encode_tensors, tensors_from_json
@@ -42,7 +43,7 @@ from .errors import (
     RelayError,
 )
 from .http_client import Limits, OutboundError, request
-from .llm_client import DEFAULT_LLM_DEADLINE_S, TEXT_GENERATION, complete
+from .llm_client import DEFAULT_LLM_DEADLINE_S, complete
 from .policy import FeePolicy
 from .state import (
     LIVE_TX,

@@ -35,17 +35,18 @@ from protocol.addresses import checksum_address
 from protocol.hashing import keccak256
 from protocol.llm import (
     OUTPUT_LAYOUT,
+    REQUEST_ID_HEADER,
     chain_next,
     chain_start,
     checkpoint_hash,
     decode_output,
     output_encoding,
 )
+from protocol.manifest import TEXT_GENERATION
 from protocol.onchain import fulfilment_id, output_layout
 from protocol.receipts import Receipt, SignedReceipt
 from protocol.tensors import encode_tensors
 from relay.chain import deploy
-from relay.llm_client import REQUEST_ID_HEADER, TEXT_GENERATION
 from verinfer.processes import free_port
 
 from .chain_fixtures import Chain
