@@ -23,6 +23,7 @@ from protocol.inputs import MAX_BATCH_ELEMENTS
 
 from . import __version__, llm_api, schemas
 from .batch_access import BatchAccess
+from .batcher import DEFAULT_BATCHING, Batcher, BatchPolicy
 from .fastpath import INTERNAL, inference_route, run_endpoint, v2_infer_model
 from .inference import InferenceEndpoints, parse_json
 from .llm_service import LlmService
@@ -83,8 +84,12 @@ def _service(request: Request) -> EnclaveService:
 async def _inference_reply(request: Request, v2_model: str | None) -> Response:
     """The fast path's handler, answered through FastAPI (when the edge does not take the route)."""
     state = _state(request)
-    status, payload = run_endpoint(state.endpoints, v2_model, await request.body())
-    return Response(payload, status_code=status, media_type=_JSON, headers=state.extra_headers)
+    headers = list(request.scope["headers"])
+    status, payload, extra = await run_endpoint(state.endpoints, v2_model, await request.body(), headers)
+    reply = Response(payload, status_code=status, media_type=_JSON, headers=state.extra_headers)
+    for key, value in extra:  # a content-type among them replaces the JSON one
+        reply.headers[key.decode("latin-1")] = value.decode("latin-1")
+    return reply
 
 
 async def post_infer(request: Request) -> Response:
@@ -285,9 +290,11 @@ def create_app(
     access_log: AccessLog | None = None,
     fast_path: bool = True,
     llm: LlmService | None = None,
+    batching: BatchPolicy | None = DEFAULT_BATCHING,
 ) -> HttpEdge:
     """The ASGI app. `fast_path=False` serves inference through the FastAPI routes (for tests); `llm`
-    serves the manifest's LLM behind the OpenAI-compatible /v1 routes."""
+    serves the manifest's LLM behind the OpenAI-compatible /v1 routes; `batching=None` runs every model
+    on the event loop, one request at a time, instead of on the dynamic batcher's worker."""
     access_log = access_log or AccessLog(None)
     api = FastAPI(
         title="verinfer enclave",
@@ -298,7 +305,12 @@ def create_app(
     )
     metrics = Metrics()
     metrics.info.labels(enclave=service.address, simulated=str(service.simulated).lower()).set(1)
-    endpoints = InferenceEndpoints(service, metrics, max_elements=max_elements)
+    batcher = (
+        None
+        if batching is None
+        else Batcher(service, max_batch=batching.max_batch, window_s=batching.window_s)
+    )
+    endpoints = InferenceEndpoints(service, metrics, max_elements=max_elements, batcher=batcher)
     api.state.service = service
     api.state.metrics = metrics
     api.state.endpoints = endpoints
@@ -319,7 +331,7 @@ def create_app(
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     api.router.on_shutdown.append(access_log.flush)
 
-    def observe(path: str, status: int) -> None:
+    def observe(path: str, status: int, _seconds: float) -> None:
         metrics.request_counter(endpoint_label(path), status).inc()
 
     return HttpEdge(

@@ -9,13 +9,12 @@ limit; every other request goes to the FastAPI app. The same handlers back the d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 
-from protocol.edge import BytesRoute, error_body
+from protocol.edge import FastHandler, FastRoute, error_body
 from protocol.errors import RequestError
 
-from .inference import InferenceEndpoints, Reply
+from .inference import Headers, InferenceEndpoints, Reply
 
 log = logging.getLogger("verinfer.enclave")
 _V2_PREFIX = "/v2/models/"
@@ -32,21 +31,25 @@ def v2_infer_model(path: str) -> str | None:
     return None
 
 
-def run_endpoint(endpoints: InferenceEndpoints, v2_model: str | None, body: bytes) -> Reply:
-    """One inference request to (status, body); an unexpected failure is a counted 500, never a crash."""
+async def run_endpoint(
+    endpoints: InferenceEndpoints, v2_model: str | None, body: bytes, headers: Headers
+) -> Reply:
+    """One inference request to (status, body, headers); an unexpected failure is a counted 500."""
     try:
-        return endpoints.infer(body) if v2_model is None else endpoints.v2_infer(v2_model, body)
+        if v2_model is None:
+            return await endpoints.infer(body, headers)
+        return await endpoints.v2_infer(v2_model, body, headers)
     except Exception:
         log.exception("inference failed unexpectedly")
         endpoints.metrics.error_counter(INTERNAL.code).inc()
-        return INTERNAL.status, error_body(INTERNAL, v2=v2_model is not None)
+        return INTERNAL.status, error_body(INTERNAL, v2=v2_model is not None), []
 
 
-def inference_route(endpoints: InferenceEndpoints) -> Callable[[str, str], BytesRoute | None]:
+def inference_route(endpoints: InferenceEndpoints) -> FastRoute:
     """The edge's fast route for POST /infer and POST /v2/models/NAME/infer (protocol/edge.py)."""
-    infer = partial(run_endpoint, endpoints, None)
+    infer: FastHandler = partial(run_endpoint, endpoints, None)
 
-    def route(method: str, path: str) -> BytesRoute | None:
+    def route(method: str, path: str) -> FastHandler | None:
         if method != "POST":
             return None
         if path == "/infer":

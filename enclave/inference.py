@@ -17,12 +17,15 @@ from protocol.edge import error_body
 from protocol.errors import RequestError, bad_request
 from protocol.inputs import MAX_BATCH_ELEMENTS, may_hold_bools, parse_inputs
 
+from .batcher import Batcher
 from .metrics import Metrics
 from .runtime import LoadedModel
 from .service import EnclaveService, InferenceResult, parse_request_id
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-Reply = tuple[int, bytes]
+Headers = list[tuple[bytes, bytes]]
+Reply = tuple[int, bytes, Headers]  # JSON unless the headers name another content-type
+_NO_HEADERS: Headers = []
 
 
 def parse_json(body: bytes) -> Any:
@@ -38,32 +41,42 @@ def tensor_json(name: str, array: np.ndarray, model: LoadedModel) -> dict[str, A
 
 
 class InferenceEndpoints:
-    """POST /infer and POST /v2/models/{name}/infer as bytes -> (status, bytes)."""
+    """POST /infer and POST /v2/models/{name}/infer as (body, headers) -> (status, body, headers).
+
+    With a `batcher`, models run on its worker thread, batched with concurrent requests (enclave/batcher.py);
+    without one, on the event loop, one request at a time.
+    """
 
     def __init__(
-        self, service: EnclaveService, metrics: Metrics, *, max_elements: int = MAX_BATCH_ELEMENTS
+        self,
+        service: EnclaveService,
+        metrics: Metrics,
+        *,
+        max_elements: int = MAX_BATCH_ELEMENTS,
+        batcher: Batcher | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.max_elements = max_elements
+        self.batcher = batcher
 
-    def infer(self, body: bytes) -> Reply:
+    async def infer(self, body: bytes, _headers: Headers = _NO_HEADERS) -> Reply:
         """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt."""
         try:
-            return 200, orjson.dumps(self._infer(body), option=_NUMPY)
+            return 200, orjson.dumps(await self._infer(body), option=_NUMPY), _NO_HEADERS
         except RequestError as error:
             self.metrics.error_counter(error.code).inc()
-            return error.status, error_body(error, v2=False)
+            return error.status, error_body(error, v2=False), _NO_HEADERS
 
-    def v2_infer(self, name: str, body: bytes) -> Reply:
+    async def v2_infer(self, name: str, body: bytes, _headers: Headers = _NO_HEADERS) -> Reply:
         """POST /v2/models/{name}/infer: the Open Inference Protocol, receipt in `parameters`."""
         try:
-            return 200, orjson.dumps(self._v2_infer(name, body), option=_NUMPY)
+            return 200, orjson.dumps(await self._v2_infer(name, body), option=_NUMPY), _NO_HEADERS
         except RequestError as error:
             self.metrics.error_counter(error.code).inc()
-            return error.status, error_body(error, v2=True)
+            return error.status, error_body(error, v2=True), _NO_HEADERS
 
-    def _infer(self, body: bytes) -> dict[str, Any]:
+    async def _infer(self, body: bytes) -> dict[str, Any]:
         request = parse_json(body)
         if not isinstance(request, dict):
             raise bad_request("invalid_json", "body must be a JSON object {model, inputs, request_id?}")
@@ -71,7 +84,7 @@ class InferenceEndpoints:
             raise bad_request("missing_field", "body needs 'model' and 'inputs'")
         model = self.service.runtime.get(request["model"])
         inputs = self._inputs(model, request["inputs"], body, v2=False)
-        result = self._run(model, inputs, parse_request_id(request.get("request_id")), None)
+        result = await self._run(model, inputs, parse_request_id(request.get("request_id")), None)
         return {
             "model": model.entry.name,
             "model_version": model.entry.version,
@@ -80,7 +93,7 @@ class InferenceEndpoints:
             "simulated": self.service.simulated,
         }
 
-    def _v2_infer(self, name: str, body: bytes) -> dict[str, Any]:
+    async def _v2_infer(self, name: str, body: bytes) -> dict[str, Any]:
         model = self.service.runtime.get(name)
         request = parse_json(body)
         if not isinstance(request, dict) or "inputs" not in request:
@@ -93,7 +106,7 @@ class InferenceEndpoints:
             raise bad_request("invalid_parameters", "'parameters' must be an object")
         inputs = self._inputs(model, request["inputs"], body, v2=True)
         wanted = requested_outputs(request.get("outputs"), model)
-        result = self._run(model, inputs, parse_request_id(parameters.get("request_id")), wanted)
+        result = await self._run(model, inputs, parse_request_id(parameters.get("request_id")), wanted)
         response: dict[str, Any] = {
             "model_name": model.entry.name,
             "model_version": model.entry.version,
@@ -111,7 +124,7 @@ class InferenceEndpoints:
             model.entry, inputs, v2=v2, max_elements=self.max_elements, check_bools=may_hold_bools(body)
         )
 
-    def _run(
+    async def _run(
         self,
         model: LoadedModel,
         inputs: list[tuple[str, np.ndarray]],
@@ -119,7 +132,10 @@ class InferenceEndpoints:
         only: set[str] | None,
     ) -> InferenceResult:
         start = time.perf_counter()
-        result = self.service.infer(model, inputs, request_id, only)
+        if self.batcher is None:
+            result = self.service.infer(model, inputs, request_id, only)
+        else:
+            result = await self.batcher.infer(model, inputs, request_id, only)
         latency, count = self.metrics.model_series(model.entry.name)
         latency.observe(time.perf_counter() - start)
         count.inc()

@@ -97,12 +97,25 @@ class EnclaveService:
         request_id: bytes,
         only: set[str] | None = None,
     ) -> InferenceResult:
-        """Run, hash, sign. With `only`, outputs (and outputHash) are just those, in model order.
+        """Run, hash, sign, record. With `only`, outputs (and outputHash) are just those, in model order."""
+        result = self.sign_outputs(model, inputs, model.run(dict(inputs)), request_id, only)
+        self.record(result.receipt)
+        return result
+
+    def sign_outputs(
+        self,
+        model: LoadedModel,
+        inputs: list[tuple[str, np.ndarray]],
+        outputs: list[tuple[str, np.ndarray]],
+        request_id: bytes,
+        only: set[str] | None,
+    ) -> InferenceResult:
+        """Hash and sign one request's outputs, without recording them: the dynamic batcher signs on its
+        worker thread and records on the event loop, so the receipt log keeps one writer and one order.
 
         A model can overflow to NaN/Inf on finite inputs (an MLP fed 1e38); such an answer is refused
         with 422 and never signed, because JSON cannot carry it and no consumer could act on it.
         """
-        outputs = model.run(dict(inputs))
         if only is not None:
             outputs = [(name, array) for name, array in outputs if name in only]
         for name, array in outputs:
@@ -119,9 +132,7 @@ class EnclaveService:
             output_hash=keccak256(encode_tensors(outputs)),
             timestamp_ms=time.time_ns() // 1_000_000,
         )
-        signed = sign_receipt(self.key, receipt)
-        self.record(signed)
-        return InferenceResult(model, outputs, signed)
+        return InferenceResult(model, outputs, sign_receipt(self.key, receipt))
 
     def record(self, signed: SignedReceipt) -> None:
         """Keep a final receipt for batch anchoring (POST /receipts/batch)."""

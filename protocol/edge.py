@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .compression import MIN_COMPRESSED_SIZE, accepted_encoding, decode_body, encode_body
 from .errors import RequestError
 
 Scope = MutableMapping[str, Any]
@@ -142,15 +143,51 @@ class _Disconnected(Exception):
     pass
 
 
-BytesRoute = Callable[[bytes], tuple[int, bytes]]
+Headers = list[tuple[bytes, bytes]]
+# (status, body, headers): JSON unless the headers name another content-type.
+FastReply = tuple[int, bytes, Headers]
+FastHandler = Callable[[bytes, Headers], Awaitable[FastReply]]
+FastRoute = Callable[[str, str], FastHandler | None]
+_CONTENT_TYPE = b"content-type"
+_JSON_TYPE = (_CONTENT_TYPE, b"application/json")
+
+
+class _Request:
+    """What the edge reads from a request's headers, in one pass."""
+
+    __slots__ = ("accept_encoding", "content_encoding", "content_length", "request_id")
+
+    def __init__(self) -> None:
+        self.request_id: bytes | None = None
+        self.content_length: bytes | None = None
+        self.content_encoding: bytes | None = None
+        self.accept_encoding: bytes | None = None
+
+
+def _read_headers(headers: Headers) -> _Request:
+    request = _Request()
+    for key, value in headers:
+        if key == REQUEST_ID_HEADER:
+            if request.request_id is None and _REQUEST_ID.match(value):
+                request.request_id = bytes(value)
+        elif key == b"content-length":
+            request.content_length = value
+        elif key == b"content-encoding":
+            request.content_encoding = value
+        elif key == b"accept-encoding":
+            request.accept_encoding = value
+    return request
 
 
 class HttpEdge:
-    """Body limit, X-Request-ID (accepted or generated, echoed, logged) and an access log line.
+    """Body limit, content codings, X-Request-ID (accepted or generated, echoed, logged), an access log line.
 
-    `fast_route(method, path)` may claim a request for a handler from body bytes to (status, JSON bytes),
-    answered here straight from ASGI messages with `fast_headers`: the enclave's inference routes, where
-    FastAPI's per-request machinery would cost as much as signing. Everything else goes to `app`.
+    `fast_route(method, path)` may claim a request for an async handler from (body bytes, request headers) to
+    (status, body, headers), answered here straight from ASGI messages with `fast_headers`: the enclave's
+    inference routes, where FastAPI's per-request machinery would cost as much as signing. Everything else
+    goes to `app`. Request bodies in gzip or deflate are inflated here (within the body limit) for every
+    route, and answers are compressed when the client's Accept-Encoding asks (protocol/compression.py);
+    streamed answers (server-sent events) are never held back to be compressed.
     """
 
     def __init__(
@@ -159,20 +196,18 @@ class HttpEdge:
         *,
         max_body: int,
         access_log: AccessLog | None = None,
-        observe: Callable[[str, int], None] | None = None,
+        observe: Callable[[str, int, float], None] | None = None,
         on_error: Callable[[RequestError], None] | None = None,
-        fast_route: Callable[[str, str], BytesRoute | None] | None = None,
+        fast_route: FastRoute | None = None,
         fast_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.app = app
         self.fast_route = fast_route
-        self.fast_headers = [(b"content-type", b"application/json")] + [
-            (k.lower().encode(), v.encode()) for k, v in (fast_headers or {}).items()
-        ]
+        self.fast_headers = [(k.lower().encode(), v.encode()) for k, v in (fast_headers or {}).items()]
         self.max_body = max_body
         self.access_log = access_log or AccessLog(None)
-        self.observe = observe  # (path, status) of every answered request, for metrics
-        self.on_error = on_error  # refusals made here (413), for metrics
+        self.observe = observe  # (path, status, seconds) of every answered request, for metrics
+        self.on_error = on_error  # refusals made here (413, 415, bad codings), for metrics
         self._prefix = os.urandom(12).hex().encode()
         self._counter = 0
         self.too_large = RequestError(413, "body_too_large", f"request body exceeds {max_body} bytes")
@@ -182,7 +217,9 @@ class HttpEdge:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = self._request_id(scope["headers"])
+        request = _read_headers(scope["headers"])
+        request_id = request.request_id or self._fresh_id()
+        compress = None if request.accept_encoding is None else accepted_encoding(request.accept_encoding)
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -198,7 +235,12 @@ class HttpEdge:
 
         try:
             try:
-                body = await self._read_body(scope, receive)
+                body = await self._read_body(request.content_length, receive)
+                if request.content_encoding is not None:
+                    body = decode_body(
+                        request.content_encoding.decode("latin-1"), body, self.max_body, self.too_large
+                    )
+                    scope = _decoded_scope(scope, len(body))
             except RequestError as error:
                 if self.on_error is not None:
                     self.on_error(error)
@@ -206,27 +248,32 @@ class HttpEdge:
             except _Disconnected:
                 status = 499  # nginx's code for "client closed the request"; nothing is sent
             else:
-                route = None if self.fast_route is None else self.fast_route(scope["method"], scope["path"])
-                if route is not None:
-                    status, payload = route(body)
-                    headers = [
-                        *self.fast_headers,
-                        (b"content-length", b"%d" % len(payload)),
-                        (REQUEST_ID_HEADER, request_id),
-                    ]
+                handler = None if self.fast_route is None else self.fast_route(scope["method"], scope["path"])
+                if handler is not None:
+                    status, payload, extra = await handler(body, scope["headers"])
+                    headers = [*extra, *self.fast_headers, (REQUEST_ID_HEADER, request_id)]
+                    if not any(key == _CONTENT_TYPE for key, _ in extra):
+                        headers.append(_JSON_TYPE)
+                    if compress is not None and len(payload) >= MIN_COMPRESSED_SIZE:
+                        payload = encode_body(compress, payload)
+                        headers.append((b"content-encoding", compress.encode()))
+                        headers.append((b"vary", b"accept-encoding"))
+                    headers.append((b"content-length", b"%d" % len(payload)))
                     await send({"type": "http.response.start", "status": status, "headers": headers})
                     await send({"type": "http.response.body", "body": payload})
                 else:
-                    await self.app(scope, _replay(body, receive), send_with_id)
+                    reply = send_with_id if compress is None else _compressing(send_with_id, compress)
+                    await self.app(scope, _replay(body, receive), reply)
         finally:  # also when the app raised after answering 500
             if self.observe is not None and status:
-                self.observe(scope["path"], status)
+                self.observe(scope["path"], status, time.perf_counter() - started)
             self.access_log.write(request_id, scope["method"], scope["path"], status, started)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        for key, value in scope["headers"]:
-            if key == b"content-length" and (not value.isdigit() or int(value) > self.max_body):
-                raise self.too_large
+    async def _read_body(self, content_length: bytes | None, receive: Receive) -> bytes:
+        if content_length is not None and (
+            not content_length.isdigit() or int(content_length) > self.max_body
+        ):
+            raise self.too_large
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -241,16 +288,48 @@ class HttpEdge:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _request_id(self, headers: Any) -> bytes:
-        """The caller's id when it is a sane token, else a fresh one: a random per-process prefix and a
-        counter (unique, and cheaper than fresh randomness on every request)."""
-        for key, value in headers:
-            if key == REQUEST_ID_HEADER:
-                if _REQUEST_ID.match(value):
-                    return bytes(value)
-                break
+    def _fresh_id(self) -> bytes:
+        """A random per-process prefix and a counter: unique, and cheaper than fresh randomness each time."""
         self._counter += 1
         return b"%s%08x" % (self._prefix, self._counter)
+
+
+def _decoded_scope(scope: Scope, length: int) -> Scope:
+    """The request as the routes see it once its body is inflated: no Content-Encoding, the real length."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
+    headers.append((b"content-length", b"%d" % length))
+    return {**scope, "headers": headers}
+
+
+def _compressing(send: Send, encoding: str) -> Send:
+    """Compress a whole answer sent in one body message; a streamed one (more_body) passes as it is."""
+    start: Message | None = None
+
+    async def compressing(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        first, start = start, None
+        body = message.get("body", b"")
+        headers = list(first.get("headers", []))
+        encoded = any(key == b"content-encoding" for key, _ in headers)
+        if not message.get("more_body", False) and not encoded and len(body) >= MIN_COMPRESSED_SIZE:
+            body = encode_body(encoding, body)
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+            headers += [
+                (b"content-length", b"%d" % len(body)),
+                (b"content-encoding", encoding.encode()),
+                (b"vary", b"accept-encoding"),
+            ]
+            message = {**message, "body": body}
+        await send({**first, "headers": headers})
+        await send(message)
+
+    return compressing
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -272,6 +351,7 @@ async def _send_error(send: Send, error: RequestError, path: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     # The unread rest of the body is not drained: the connection is closed after the answer.
     headers.append((b"connection", b"close"))
+    headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 

@@ -229,7 +229,7 @@ def test_unexpected_failures_are_counted_500s(in_process_service, monkeypatch, f
     def broken(*_args: object, **_kwargs: object) -> object:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(in_process_service, "infer", broken)
+    monkeypatch.setattr(in_process_service, "sign_outputs", broken)  # batched and unbatched runs alike
     monkeypatch.setattr(in_process_service, "attestation", broken)
     app = create_app(in_process_service, fast_path=fast_path)
     v2 = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
