@@ -136,7 +136,7 @@ def test_one_bad_request_fails_alone(service: EnclaveService) -> None:
 
 
 def test_v2_requests_batch_with_infer_requests(service: EnclaveService) -> None:
-    async def mixed(app: Any) -> list[httpx.Response]:
+    async def mixed(app: Any) -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         v2 = {
             "inputs": [

@@ -1,0 +1,352 @@
+"""A verifying Python client for a verinfer enclave, sync (`Client`) and async (`AsyncClient`), on httpx.
+
+On first contact the client fetches GET /attestation with a fresh 32-byte nonce, verifies the document
+against the caller's trust (root, pinned PCRs and/or image ids), checks that it echoes that nonce, and
+binds GET /models to the attested manifest digest. `infer`, `chat` and `complete` then return an answer
+only after its receipt verifies against that enclave; any failure raises a VerificationError subclass:
+
+    AttestationError   untrusted root, PCR or image not pinned, no enclave key, manifest not attested
+    StaleNonceError    the document does not carry the nonce just sent (a replay)
+    ReceiptError       no usable receipt; ForgedReceiptError: it does not match the answer;
+                       UnknownSignerError: signed by a key no fresh attestation binds
+
+`chat_stream` / `complete_stream` yield streamed text only as far as a signed checkpoint or the final
+receipt vouches for it. `verify_openai` checks a completion obtained with the `openai` client.
+
+A refusal by the server is a ServerError(status, code, message). When a receipt names another enclave
+than the cached one (the enclave restarted, or a load balancer moved you), the client re-attests once
+and raises if the signer is still not the attested key. The attestation is verified (freshness, max_age_s
+included) when it is fetched; later receipts are checked against that verified key: call `attest()` to
+refresh it. Transport failures are httpx's exceptions.
+
+    from attestation import Policy, TrustedRoot
+    from verinfer.client import Client
+
+    trust = Policy(TrustedRoot.from_file("root.pem"))
+    with Client("http://127.0.0.1:8000", trust, image_ids=[IMAGE_ID]) as c:
+        print(c.infer("iris-mlp", [[6.7, 3.0, 5.2, 2.3]])["probabilities"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+from attestation import Policy
+
+from .client_core import (
+    Attested,
+    InferResult,
+    bind_manifest,
+    check_document,
+    check_infer,
+    infer_body,
+    make_trust,
+    new_nonce,
+)
+from .client_errors import (
+    AttestationError,
+    ForgedReceiptError,
+    KeyChanged,
+    ReceiptError,
+    ServerError,
+    StaleNonceError,
+    UnknownSignerError,
+    VerificationError,
+    server_error,
+)
+from .client_llm import (
+    AsyncTextStream,
+    Completion,
+    StreamVerifier,
+    TextStream,
+    check_completion,
+    llm_body,
+    openai_exchange,
+)
+
+__all__ = [
+    "AsyncClient",
+    "AsyncTextStream",
+    "AttestationError",
+    "Attested",
+    "Client",
+    "Completion",
+    "ForgedReceiptError",
+    "InferResult",
+    "ReceiptError",
+    "ServerError",
+    "StaleNonceError",
+    "TextStream",
+    "UnknownSignerError",
+    "VerificationError",
+    "verify_openai",
+]
+
+DEFAULT_TIMEOUT = 60.0
+_CBOR = {"Accept": "application/cbor"}
+_JSON = {"Content-Type": "application/json"}
+T = TypeVar("T")
+
+
+def _content(response: httpx.Response) -> bytes:
+    if response.is_error:
+        raise server_error(response.status_code, response.content)
+    return response.content
+
+
+class _Base:
+    """State shared by both clients: the trust and the attested enclave (None until first contact).
+
+    Constructing a client that pins no image raises ValueError unless `allow_any_image=True`: a valid
+    chain only proves that *some* enclave signed, and anyone can launch an enclave running their own code
+    under the same root. PCR0-2 (`Policy(expected_pcrs=...)`) or an image id name the code you trust."""
+
+    def __init__(self, trust: Policy | None, image_ids: Iterable[bytes | str], allow_any_image: bool) -> None:
+        self._trust = make_trust(trust, image_ids, allow_any_image)
+        self._attested: Attested | None = None
+
+
+class Client(_Base):
+    """Synchronous verifying client. `trust`: the root and pinned PCRs (default root: AWS Nitro);
+    `image_ids`: accepted images, keccak256(PCR0 || PCR1 || PCR2), as bytes or 0x-hex."""
+
+    def __init__(
+        self,
+        url: str,
+        trust: Policy | None = None,
+        *,
+        image_ids: Iterable[bytes | str] = (),
+        allow_any_image: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(trust, image_ids, allow_any_image)
+        self._first_contact = threading.Lock()  # threads sharing a client attest once
+        self._http = httpx.Client(base_url=url, timeout=timeout, transport=transport, headers=headers)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def attest(self) -> Attested:
+        """Fetch and verify a fresh attestation (new nonce) and its manifest; it becomes the cached one."""
+        nonce = new_nonce()
+        answer = self._http.get("/attestation", params={"nonce": nonce.hex()}, headers=_CBOR)
+        document, verified, at = check_document(_content(answer), nonce, self._trust)
+        manifest = bind_manifest(verified, _content(self._http.get("/models")))
+        self._attested = Attested(document, verified, manifest, nonce, at)
+        return self._attested
+
+    @property
+    def attestation(self) -> Attested:
+        """The verified enclave (attesting on first use)."""
+        if self._attested is None:
+            with self._first_contact:
+                if self._attested is None:
+                    self.attest()
+        assert self._attested is not None
+        return self._attested
+
+    def _checked(self, check: Callable[[Attested, bool], T]) -> T:
+        try:
+            return check(self.attestation, False)
+        except KeyChanged:
+            return check(self.attest(), True)
+
+    def infer(self, model: str, inputs: Any, *, request_id: bytes | str | None = None) -> InferResult:
+        """POST /infer; the outputs (numpy arrays by name) once the receipt verifies. Inputs: {name: array},
+        tensor objects [{"name", "data", ...}], or a one-input model's (nested) array."""
+        self.attestation  # noqa: B018 - attest before sending anything
+        request = infer_body(model, inputs, request_id)
+        body = orjson.dumps(request)
+        content = _content(self._http.post("/infer", content=body, headers=_JSON))
+        sent = orjson.loads(body)
+        return self._checked(lambda att, final: check_infer(att, self._trust, sent, content, final=final))
+
+    def _generate(
+        self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
+    ) -> Completion:
+        body = llm_body(self.attestation.manifest, model, fields, options)
+        content = _content(self._http.post(path, content=body, headers=_JSON))
+        return self._checked(
+            lambda att, final: check_completion(att, self._trust, body, content, final=final)
+        )
+
+    def chat(self, messages: list[dict[str, Any]], *, model: str | None = None, **options: Any) -> Completion:
+        """POST /v1/chat/completions (OpenAI options: max_tokens, temperature, ...); model defaults to the
+        attested manifest's LLM. The text (`.text`, or str()) only once its receipt verifies."""
+        return self._generate("/v1/chat/completions", model, {"messages": messages}, options)
+
+    def complete(self, prompt: str, *, model: str | None = None, **options: Any) -> Completion:
+        """POST /v1/completions; like `chat`."""
+        return self._generate("/v1/completions", model, {"prompt": prompt}, options)
+
+    def chat_stream(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **options: Any
+    ) -> TextStream:
+        """A streamed chat completion: iterating yields text only as far as a verified checkpoint or the
+        final receipt vouches for it (every 32 tokens by default); `.completion` once it ended."""
+        return self._stream("/v1/chat/completions", model, {"messages": messages}, options)
+
+    def complete_stream(self, prompt: str, *, model: str | None = None, **options: Any) -> TextStream:
+        """A streamed text completion; like `chat_stream`."""
+        return self._stream("/v1/completions", model, {"prompt": prompt}, options)
+
+    def _stream(
+        self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
+    ) -> TextStream:
+        body = llm_body(self.attestation.manifest, model, fields, options, stream=True)
+        verifier = StreamVerifier(self._trust, body)
+        return TextStream(verifier, self._pieces(path, body, verifier))
+
+    def _pieces(self, path: str, body: bytes, verifier: StreamVerifier) -> Iterator[str]:
+        with self._http.stream("POST", path, content=body, headers=_JSON) as answer:
+            if answer.is_error:
+                raise server_error(answer.status_code, answer.read())
+            for chunk in answer.iter_bytes():
+                verifier.feed(chunk)
+                if text := self._checked(lambda att, final: verifier.release(att, final=final)):
+                    yield text
+        verifier.feed(b"", ended=True)
+        if text := self._checked(lambda att, final: verifier.release(att, final=final)):
+            yield text
+        verifier.result()
+
+    def verify_openai(self, response: Any, request_body: bytes | None = None) -> Completion:
+        """Verify a completion obtained with the `openai` client against this client's attested enclave:
+        pass `client.chat.completions.with_raw_response.create(...)` (or its `.http_response`); the
+        request bytes are taken from it unless given."""
+        request, content = openai_exchange(response, request_body)
+        return self._checked(
+            lambda att, final: check_completion(att, self._trust, request, content, final=final)
+        )
+
+
+def verify_openai(response: Any, client: Client, request_body: bytes | None = None) -> Completion:
+    """`client.verify_openai(response, request_body)`: see there."""
+    return client.verify_openai(response, request_body)
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of Client: same arguments, same checks, awaitable methods."""
+
+    def __init__(
+        self,
+        url: str,
+        trust: Policy | None = None,
+        *,
+        image_ids: Iterable[bytes | str] = (),
+        allow_any_image: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(trust, image_ids, allow_any_image)
+        self._first_contact = asyncio.Lock()  # concurrent first requests attest once
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, headers=headers)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def attest(self) -> Attested:
+        nonce = new_nonce()
+        answer = await self._http.get("/attestation", params={"nonce": nonce.hex()}, headers=_CBOR)
+        document, verified, at = check_document(_content(answer), nonce, self._trust)
+        manifest = bind_manifest(verified, _content(await self._http.get("/models")))
+        self._attested = Attested(document, verified, manifest, nonce, at)
+        return self._attested
+
+    async def attestation(self) -> Attested:
+        """The verified enclave (attesting on first use)."""
+        if self._attested is None:
+            async with self._first_contact:
+                if self._attested is None:
+                    await self.attest()
+        assert self._attested is not None
+        return self._attested
+
+    async def _checked(self, check: Callable[[Attested, bool], T]) -> T:
+        try:
+            return check(await self.attestation(), False)
+        except KeyChanged:
+            return check(await self.attest(), True)
+
+    async def infer(self, model: str, inputs: Any, *, request_id: bytes | str | None = None) -> InferResult:
+        await self.attestation()
+        body = orjson.dumps(infer_body(model, inputs, request_id))
+        content = _content(await self._http.post("/infer", content=body, headers=_JSON))
+        sent = orjson.loads(body)
+        return await self._checked(
+            lambda att, final: check_infer(att, self._trust, sent, content, final=final)
+        )
+
+    async def _generate(
+        self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
+    ) -> Completion:
+        body = llm_body((await self.attestation()).manifest, model, fields, options)
+        content = _content(await self._http.post(path, content=body, headers=_JSON))
+        return await self._checked(
+            lambda att, final: check_completion(att, self._trust, body, content, final=final)
+        )
+
+    async def chat(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **options: Any
+    ) -> Completion:
+        return await self._generate("/v1/chat/completions", model, {"messages": messages}, options)
+
+    async def complete(self, prompt: str, *, model: str | None = None, **options: Any) -> Completion:
+        return await self._generate("/v1/completions", model, {"prompt": prompt}, options)
+
+    async def chat_stream(
+        self, messages: list[dict[str, Any]], *, model: str | None = None, **options: Any
+    ) -> AsyncTextStream:
+        return await self._stream("/v1/chat/completions", model, {"messages": messages}, options)
+
+    async def complete_stream(
+        self, prompt: str, *, model: str | None = None, **options: Any
+    ) -> AsyncTextStream:
+        return await self._stream("/v1/completions", model, {"prompt": prompt}, options)
+
+    async def _stream(
+        self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
+    ) -> AsyncTextStream:
+        body = llm_body((await self.attestation()).manifest, model, fields, options, stream=True)
+        verifier = StreamVerifier(self._trust, body)
+        return AsyncTextStream(verifier, self._pieces(path, body, verifier))
+
+    async def _pieces(self, path: str, body: bytes, verifier: StreamVerifier) -> AsyncIterator[str]:
+        async with self._http.stream("POST", path, content=body, headers=_JSON) as answer:
+            if answer.is_error:
+                raise server_error(answer.status_code, await answer.aread())
+            async for chunk in answer.aiter_bytes():
+                verifier.feed(chunk)
+                if text := await self._checked(lambda att, final: verifier.release(att, final=final)):
+                    yield text
+        verifier.feed(b"", ended=True)
+        if text := await self._checked(lambda att, final: verifier.release(att, final=final)):
+            yield text
+        verifier.result()
+
+    async def verify_openai(self, response: Any, request_body: bytes | None = None) -> Completion:
+        request, content = openai_exchange(response, request_body)
+        return await self._checked(
+            lambda att, final: check_completion(att, self._trust, request, content, final=final)
+        )
