@@ -331,8 +331,10 @@ def create_app(
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     api.router.on_shutdown.append(access_log.flush)
 
-    def observe(path: str, status: int, _seconds: float) -> None:
-        metrics.request_counter(endpoint_label(path), status).inc()
+    def observe(path: str, status: int, seconds: float) -> None:
+        endpoint = endpoint_label(path)
+        metrics.request_counter(endpoint, status).inc()
+        metrics.observe_request(endpoint, seconds)
 
     return HttpEdge(
         api,

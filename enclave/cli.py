@@ -6,19 +6,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from attestation.cli import EXIT_OK, UsageError
-from protocol.inputs import MAX_BATCH_ELEMENTS, OVERFLOW_WARNING
+from protocol.inputs import OVERFLOW_WARNING
 
-DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+if TYPE_CHECKING:
+    from .settings import ServeSettings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .settings import ServeSettings, SettingsError, load_settings
+
+    given = {name: value for name, value in vars(args).items() if name in ServeSettings.model_fields}
+    try:
+        settings = load_settings(given)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from exc
+    if settings.nsm is None:
+        raise UsageError(
+            "serve needs --nsm nitro (inside a Nitro enclave) or --nsm sim (development: simulated "
+            "attestation), or VERINFER_NSM"
+        )
+    return serve(settings)
+
+
+def serve(settings: ServeSettings) -> int:
+    """Run the server until SIGTERM/SIGINT, then give open requests `shutdown_timeout` seconds."""
     import uvicorn
 
     from attestation.nsm import NsmUnavailableError, open_nsm
@@ -27,8 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .batch_access import BatchAccess
+    from .batcher import BatchPolicy
     from .image import measure_image
     from .llm_service import load_llm
+    from .operations import ReportingServer, http_url, tcp_listener, with_cors
     from .service import EnclaveService
     from .vsock import vsock_listener
 
@@ -37,61 +56,89 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=OVERFLOW_WARNING, category=RuntimeWarning)
     log = logging.getLogger("verinfer.serve")
     try:
-        manifest = load_manifest(args.models)
+        manifest = load_manifest(settings.models)
     except ManifestError as exc:
         raise UsageError(str(exc)) from exc
-    if args.nsm == "sim":
-        measurement = measure_image(Path(args.models))
+    if settings.nsm == "sim":
+        measurement = measure_image(settings.models)
         log.warning("NSM: SIMULATOR. Attestations are SIMULATED and verify only against the simulator root.")
         log.warning("simulated PCR0 %s", measurement.pcr0.hex())
-        nsm = open_nsm("sim", pki_dir=args.pki_dir, pcrs=measurement.pcrs)
+        nsm = open_nsm("sim", pki_dir=settings.pki_dir, pcrs=measurement.pcrs)
+        nsm_name = "SIMULATED NSM"
     else:
         try:
             nsm = open_nsm("nitro")
         except NsmUnavailableError as exc:
             log.error("refusing to start: %s", exc)
             return 1
-    batch_access = BatchAccess(_batch_token_digest(args.batch_token_sha256), rate_per_s=args.batch_rate)
+        log.warning("NSM: nitro (/dev/nsm). Attestations are signed by the Nitro hypervisor.")
+        nsm_name = "nitro NSM"
+    batch_access = BatchAccess(
+        _batch_token_digest(settings.batch_token_sha256), rate_per_s=settings.batch_rate
+    )
     service = EnclaveService(manifest, nsm)
     llm = None
-    if not args.no_llm:
+    if not settings.no_llm:
         llm = load_llm(
             service,
-            max_batch=args.llm_max_batch,
-            max_context=args.llm_context,
-            queue_limit=args.llm_queue,
-            threads=args.llm_threads,
-            checkpoint_tokens=args.llm_checkpoint_tokens,
-            spin=not args.llm_no_spin,
+            max_batch=settings.llm_max_batch,
+            max_context=settings.llm_context,
+            queue_limit=settings.llm_queue,
+            threads=settings.llm_threads,
+            checkpoint_tokens=settings.llm_checkpoint_tokens,
+            spin=not settings.llm_no_spin,
         )
         if llm is not None:
-            log.info("LLM %s served on /v1 (%d-token context)", llm.name, args.llm_context)
+            log.info("LLM %s served on /v1 (%d-token context)", llm.name, settings.llm_context)
+    batching = (
+        BatchPolicy(max_batch=settings.infer_max_batch, window_s=settings.infer_batch_window_ms / 1000)
+        if settings.infer_max_batch > 0
+        else None
+    )
+    access_log = AccessLog(
+        _access_log_stream(settings.access_log), json_lines=settings.access_log_format == "json"
+    )
     app = create_app(
         service,
-        max_body=args.max_body,
-        max_elements=args.max_elements,
+        max_body=settings.max_body,
+        max_elements=settings.max_elements,
         batch_access=batch_access,
-        access_log=AccessLog(_access_log_stream(args.access_log)),
+        access_log=access_log,
         llm=llm,
+        batching=batching,
     )
     if not batch_access.enabled:
         log.info("POST /receipts/batch is disabled (no --batch-token-sha256)")
+    if settings.cors_origins:
+        log.info("CORS: allowing origins %s", ", ".join(settings.cors_origins))
+    # The socket is bound here, so a busy port fails now and port 0 has its real number to report.
+    if settings.vsock is not None:
+        try:
+            sock = vsock_listener(settings.vsock)
+        except OSError as exc:
+            log.error("cannot listen on vsock port %d: %s", settings.vsock, exc)
+            return 1
+        where = f"vsock port {settings.vsock}"
+    else:
+        try:
+            sock = tcp_listener(settings.host, settings.port)
+        except OSError as exc:
+            log.error("cannot listen on %s port %d: %s", settings.host, settings.port, exc)
+            return 1
+        where = http_url(sock)
     # No "server: uvicorn" header: it only helps fingerprinting, and each header costs uvicorn per response.
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False, server_header=False
+        with_cors(app, settings.cors_origins),
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
     )
-    server = uvicorn.Server(config)
-    if args.vsock is not None:
-        try:
-            sock = vsock_listener(args.vsock)
-        except OSError as exc:
-            log.error("cannot listen on vsock port %d: %s", args.vsock, exc)
-            return 1
-        log.info("serving on vsock port %d as enclave %s", args.vsock, service.address)
-        server.run(sockets=[sock])
-    else:
-        log.info("serving on http://%s:%d as enclave %s", args.host, args.port, service.address)
-        server.run()
+
+    def serving() -> None:
+        log.info("serving on %s as enclave %s (%s)", where, service.address, nsm_name)
+
+    ReportingServer(config, on_serving=serving).run(sockets=[sock])
     return EXIT_OK
 
 
@@ -146,75 +193,111 @@ def register_measure(subparsers: Any, name: str) -> None:
     measure.set_defaults(handler=cmd_measure)
 
 
+class _SettingsHelp(argparse.HelpFormatter):
+    """Help with each option's environment variable and default, read from ServeSettings only when help
+    is shown (importing pydantic-settings would cost every `verinfer` command ~0.2 s)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        from .settings import ServeSettings, describe
+
+        text = action.help or ""
+        if action.dest in ServeSettings.model_fields:
+            text = f"{text} ({describe(action.dest)})".lstrip().replace("%", "%%")
+        return text
+
+
 def register_serve(subparsers: Any) -> None:
-    serve = subparsers.add_parser("serve", help="run the enclave inference server")
+    """Options carry no argparse defaults (SUPPRESS): an option not given comes from the environment, the
+    config file or ServeSettings' default, in that order (enclave/settings.py)."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the enclave inference server",
+        argument_default=argparse.SUPPRESS,
+        formatter_class=_SettingsHelp,
+        description="Options can also come from VERINFER_* environment variables or a TOML/JSON config "
+        "file (--config): command line > environment > config file > defaults.",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML or JSON file of settings (keys: the option names in snake_case)",
+    )
+    serve.add_argument(
+        "--nsm",
+        choices=("sim", "nitro"),
+        help="required. 'nitro' needs /dev/nsm and never falls back; 'sim' is development only",
+    )
     where = serve.add_mutually_exclusive_group()
     where.add_argument(
         "--vsock", type=int, metavar="PORT", help="listen on AF_VSOCK (inside a Nitro enclave)"
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--nsm",
-        choices=("sim", "nitro"),
-        default="sim",
-        help="NSM backend: 'nitro' needs /dev/nsm and never falls back; 'sim' is development only",
-    )
-    serve.add_argument(
-        "--models", default=str(DEFAULT_MODELS), help="directory with manifest.json and ONNX files"
-    )
-    serve.add_argument("--pki-dir", default=None, help="simulator PKI directory (with --nsm sim)")
-    serve.add_argument(
-        "--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES", help="request body limit (413)"
-    )
+    serve.add_argument("--host", help="TCP address to listen on")
+    serve.add_argument("--port", type=int, help="TCP port (0: any free port, reported in 'serving on')")
+    serve.add_argument("--models", help="directory with manifest.json and ONNX files")
+    serve.add_argument("--pki-dir", help="simulator PKI directory (with --nsm sim)")
+    serve.add_argument("--max-body", type=int, metavar="BYTES", help="request body limit (413)")
     serve.add_argument(
         "--max-elements",
         type=int,
-        default=MAX_BATCH_ELEMENTS,
         metavar="N",
         help="most tensor elements one request may carry (400 tensor_too_large)",
     )
     serve.add_argument(
         "--batch-token-sha256",
-        default=os.environ.get("VERINFER_BATCH_TOKEN_SHA256"),
         metavar="HEX",
-        help="sha256 of the relay's bearer token for POST /receipts/batch (env VERINFER_BATCH_TOKEN_SHA256);"
-        " without it the route is disabled",
+        help="sha256 of the relay's bearer token for POST /receipts/batch; without it the route is disabled",
+    )
+    serve.add_argument("--batch-rate", type=float, metavar="PER_S", help="receipt batches per second")
+    serve.add_argument(
+        "--infer-max-batch",
+        type=int,
+        metavar="N",
+        help="concurrent ONNX requests for one model run together, up to N (0: no batcher)",
     )
     serve.add_argument(
+        "--infer-batch-window-ms",
+        type=float,
+        metavar="MS",
+        help="how long the batcher waits for a batch to fill",
+    )
+    ops = serve.add_argument_group("operations")
+    ops.add_argument(
         "--access-log",
-        default="-",
         metavar="PATH",
-        help="one line per request: '-' for stderr (default), a file to append to, or 'off'",
+        help="one line per request: '-' for stderr, a file to append to, or 'off'",
     )
-    serve.add_argument(
-        "--batch-rate", type=float, default=2.0, metavar="PER_S", help="receipt batches per second"
+    ops.add_argument("--access-log-format", choices=("text", "json"), help="json: one JSON object a line")
+    ops.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        metavar="ORIGIN",
+        help="let browser code from ORIGIN (e.g. https://app.example, or '*') call the API; repeatable",
+    )
+    ops.add_argument(
+        "--shutdown-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="on SIGTERM, how long open requests may take before they are cancelled",
     )
     llm = serve.add_argument_group("LLM (the manifest's text-generation model, on /v1)")
     llm.add_argument("--no-llm", action="store_true", help="do not load the manifest's LLM")
-    llm.add_argument("--llm-threads", type=int, default=None, metavar="N", help="default: all CPUs")
+    llm.add_argument("--llm-threads", type=int, metavar="N", help="onnxruntime threads (none: all CPUs)")
     llm.add_argument(
         "--llm-no-spin",
         action="store_true",
         help="onnxruntime's threads sleep between kernels instead of spinning (for a shared host)",
     )
+    llm.add_argument("--llm-max-batch", type=int, metavar="N", help="sequences decoded together")
     llm.add_argument(
-        "--llm-max-batch", type=int, default=4, metavar="N", help="sequences decoded together (default 4)"
+        "--llm-context", type=int, metavar="TOKENS", help="context window served (prompt + output)"
     )
     llm.add_argument(
-        "--llm-context",
-        type=int,
-        default=2048,
-        metavar="TOKENS",
-        help="context window served (prompt + output)",
-    )
-    llm.add_argument(
-        "--llm-queue", type=int, default=16, metavar="N", help="requests waiting beyond the batch (then 429)"
+        "--llm-queue", type=int, metavar="N", help="requests waiting beyond the batch (then 429)"
     )
     llm.add_argument(
         "--llm-checkpoint-tokens",
         type=int,
-        default=32,
         metavar="N",
         help="streamed completions carry a signed checkpoint receipt every N tokens",
     )

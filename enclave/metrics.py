@@ -5,7 +5,15 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 if TYPE_CHECKING:
     from .llm_service import LlmService, Piece, Plan
@@ -13,6 +21,12 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 RATE_BUCKETS = (5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0, 150.0, 200.0, 300.0)
+# Whole requests, from the first byte of the request at the edge to its answer: from a 50 us health check
+# to a long completion stream.
+HTTP_BUCKETS = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05),
+    *(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 
 
 class Metrics:
@@ -43,6 +57,17 @@ class Metrics:
             ["enclave", "simulated"],
             registry=self.registry,
         )
+        self.request_seconds = Histogram(
+            "verinfer_http_request_duration_seconds",
+            "Whole requests at the HTTP edge (body read, handler, answer sent), by endpoint.",
+            ["endpoint"],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        # What prometheus_client puts on its global registry, on ours: CPU, memory, open fds, start time, GC.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     # labels() costs a few microseconds per call; children are fixed per label set, so look each up once.
     @cache  # noqa: B019 - one Metrics per app, kept for its lifetime
@@ -57,6 +82,14 @@ class Metrics:
     @cache  # noqa: B019
     def error_counter(self, code: str) -> Counter:
         return self.errors.labels(code=code)
+
+    @cache  # noqa: B019
+    def request_histogram(self, endpoint: str) -> Histogram:
+        return self.request_seconds.labels(endpoint=endpoint)
+
+    def observe_request(self, endpoint: str, seconds: float) -> None:
+        """One answered request's whole duration; `endpoint` is the same label as the request counter's."""
+        self.request_histogram(endpoint).observe(seconds)
 
 
 def observe_llm(metrics: Metrics, llm: LlmService) -> None:
