@@ -45,6 +45,7 @@ def serve(settings: ServeSettings) -> int:
     from .app import create_app
     from .batch_access import BatchAccess
     from .batcher import BatchPolicy
+    from .http_protocol import CoalescingHttpToolsProtocol
     from .image import measure_image
     from .llm_service import load_llm
     from .operations import ReportingServer, http_url, tcp_listener, with_cors
@@ -132,6 +133,9 @@ def serve(settings: ServeSettings) -> int:
         log_level="warning",
         access_log=False,
         server_header=False,
+        # No X-Forwarded-* rewriting: nothing here uses the client's address, and it costs every request.
+        proxy_headers=False,
+        http=CoalescingHttpToolsProtocol,  # one write per answer (enclave/http_protocol.py)
         timeout_graceful_shutdown=settings.shutdown_timeout,
     )
 
