@@ -222,6 +222,7 @@ def check_infer(
         manifest=attested.manifest,
         image_ids=trust.image_ids,
         allow_any_image=trust.allow_any_image,
+        verified=attested.verified,  # verified once, when the client attested
     )
     require(report, INFER_CHECKS, final=final)
     outputs = {name: array for name, array in tensors_from_json(response["outputs"], "output")}

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
-from attestation import AttestationError, Policy, decode, verify
+from attestation import AttestationError, Policy, VerifiedAttestation, decode, verify
 from attestation.encoding import read_document_bytes
 from protocol.addresses import address_of, checksum_address
 from protocol.errors import RequestError
@@ -277,11 +277,14 @@ def verify_inference(
     model: str | None = None,
     image_ids: Collection[bytes] = (),
     allow_any_image: bool = False,
+    verified: VerifiedAttestation | None = None,
 ) -> VerificationReport:
     """Check everything the evidence allows; see the module docstring.
 
     `model` names the model the request was sent to when the request does not (a V2 request, whose model is
-    in the URL). `image_ids` pins the image like PCR0-2 do (any of them is accepted)."""
+    in the URL). `image_ids` pins the image like PCR0-2 do (any of them is accepted). `verified` is the
+    result of `attestation.verify(attestation, policy, at)` when the caller has already run it for this
+    document (verinfer.client, once per enclave): the chain is then not verified again for every receipt."""
     report = VerificationReport(
         simulated=not policy.root.is_aws,
         pinned=is_pinned(policy, image_ids),
@@ -296,7 +299,9 @@ def verify_inference(
     receipt = signed.receipt
     report.add("receipt", "pass", f"request {report.receipt['requestId']} at {receipt.timestamp_ms} ms")
 
-    user_data = check_signer(report, signed, attestation, policy=policy, at=at, image_ids=image_ids)
+    user_data = check_signer(
+        report, signed, attestation, policy=policy, at=at, image_ids=image_ids, verified=verified
+    )
 
     try:
         recomputed = output_hash(response.get("outputs"))
@@ -335,11 +340,12 @@ def check_signer(
     policy: Policy,
     at: datetime | None,
     image_ids: Collection[bytes],
+    verified: VerifiedAttestation | None = None,
 ) -> bytes | None:
     """Checks 1-3: the attestation, the key it binds is the receipt's enclave, the signature recovers to
     it. Returns the attested user_data (the manifest digest) for the model check."""
     receipt = signed.receipt
-    public_key, user_data = _check_attestation(report, attestation, policy, at, image_ids)
+    public_key, user_data = _check_attestation(report, attestation, policy, at, image_ids, verified=verified)
 
     if public_key is None or len(public_key) != 64:
         report.add("enclave_key", "fail", "the attestation does not bind a 64-byte secp256k1 public key")
@@ -372,6 +378,8 @@ def _check_attestation(
     policy: Policy,
     at: datetime | None,
     image_ids: Collection[bytes],
+    *,
+    verified: VerifiedAttestation | None = None,
 ) -> tuple[bytes | None, bytes | None]:
     """The attestation check (chain, policy, image pin); returns the (public key, user data) it binds."""
     try:
@@ -381,7 +389,7 @@ def _check_attestation(
     if doc is not None and all(i in doc.pcrs for i in IMAGE_PCRS):
         report.image_id = "0x" + image_id(doc.pcrs).hex()
     try:
-        attested = verify(attestation, policy, at)
+        attested = verify(attestation, policy, at) if verified is None else verified
     except AttestationError as exc:
         report.add("attestation", "fail", f"{exc.code}: {exc.detail}")
         return (doc.public_key, doc.user_data) if doc is not None else (None, None)
