@@ -3,8 +3,9 @@
 uvicorn writes the status line and headers when the app sends `http.response.start`, and the body when it
 sends `http.response.body`: two send(2) calls per answer. On loopback and vsock each one runs the receiver's
 network stack and wakes it, so for a small signed answer the second write costs about as much as hashing
-the inputs. Here writes made in the same event-loop turn are joined and written once at the end of the
-turn; closing the transport writes what is pending first. Everything else is uvicorn's own code.
+the inputs. Here a write is held until the next one, which is written with it (an answer's head goes out
+with its body, at once), or until the end of the loop turn; closing the transport writes what is held
+first. Everything else is uvicorn's own code.
 """
 
 from __future__ import annotations
@@ -16,24 +17,27 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
-    """A transport whose writes within one loop turn go out as one write."""
+    """A transport that holds a write until the next one (an answer's head until its body) or, at the
+    latest, the end of the loop turn, and then writes both at once."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_held", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._pending: list[bytes] = []
+        self._held: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
+        if self._held is None:
+            self._held = bytes(data)
             self._loop.call_soon(self.flush)
-        self._pending.append(bytes(data))
+        else:
+            joined, self._held = self._held + data, None
+            self._transport.write(joined)
 
     def flush(self) -> None:
-        if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending.clear()
+        if self._held is not None:
+            data, self._held = self._held, None
             if not self._transport.is_closing():
                 self._transport.write(data)
 
