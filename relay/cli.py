@@ -269,6 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _wait_for_chain(w3, args.chain_id)
     try:
         state = RelayState(args.db)
+        state.bind_chain(args.chain_id, bytes(w3.eth.get_block(0)["hash"]), args.contract)
     except StateError as exc:
         raise UsageError(str(exc)) from exc
     relay = Relay(

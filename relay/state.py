@@ -235,6 +235,23 @@ class RelayState:
             (key, value),
         )
 
+    def bind_chain(self, chain_id: int, genesis_hash: bytes, contract: str) -> None:
+        """Tie this state file to one chain and contract, or refuse: a relay started with the state of a
+        reset devnet (same chain id, same deterministic contract address, another history) would resume
+        its old scan position, re-price and cancel transactions that no longer exist and anchor receipts
+        of enclaves the new contract has never registered."""
+        binding = f"{chain_id}:0x{genesis_hash.hex()}:{contract.lower()}"
+        with self.transaction() as db:
+            stored = self.get_meta("chain")
+            if stored is None:
+                self.set_meta(db, "chain", binding)
+                return
+        if stored != binding:
+            raise StateError(
+                f"{self.path} belongs to chain/genesis/contract {stored}, not {binding}: "
+                "start with a new state file (--db) for a new chain or contract"
+            )
+
     # --- scanning ---------------------------------------------------------------------------------------
 
     def scanned_block(self, default: int) -> int:

@@ -14,7 +14,9 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 
 from attestation import Policy, TrustedRoot
+from relay.errors import StateError
 from relay.keys import KeyConfigError, load_account
+from relay.state import RelayState
 from relay.verifier_service import create_verifier_app
 from verinfer.cli import main
 from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, stop
@@ -281,3 +283,34 @@ def test_approve_command(snapshot: Chain, monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setenv("VERINFER_KEY", ANVIL_KEYS[5])  # not the admin
     assert approve("--model", "0x" + model.hex()) == 1
     assert "OwnableUnauthorizedAccount" in capsys.readouterr().out
+
+
+def test_a_state_file_serves_one_chain_and_contract(tmp_path: Path) -> None:
+    """A reset devnet keeps its chain id and its deterministic contract address; its history is new."""
+    path = tmp_path / "relay.sqlite3"
+    contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    RelayState(path).bind_chain(31337, b"\x01" * 32, contract)
+    RelayState(path).bind_chain(31337, b"\x01" * 32, contract.lower())  # the same chain again: accepted
+    for chain_id, genesis, other in ((31337, b"\x02" * 32, contract), (1, b"\x01" * 32, contract)):
+        with pytest.raises(StateError, match="new state file"):
+            RelayState(path).bind_chain(chain_id, genesis, other)
+    with pytest.raises(StateError):
+        RelayState(path).bind_chain(31337, b"\x01" * 32, "0x" + "11" * 20)
+
+
+def test_relay_run_refuses_the_state_of_another_chain(chain: Chain, server: str, tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite3"
+    RelayState(db).bind_chain(chain.w3.eth.chain_id, b"\x09" * 32, chain.contract.address)  # a reset devnet's
+    command = [
+        VERINFER, "relay", "run", "--rpc", chain.url, "--contract", chain.contract.address,
+        "--enclave", server, "--db", str(db), "--chain-id", str(chain.w3.eth.chain_id),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        check=False,
+        env={**os.environ, "VERINFER_KEY": ANVIL_KEYS[4]},
+        capture_output=True,
+        timeout=60,
+        text=True,
+    )
+    assert result.returncode == 2 and "new state file" in result.stderr
