@@ -1,14 +1,15 @@
 """The HTTP API: /infer, /attestation, /models, /receipts/batch, /metrics and KServe V2 (Open Inference).
 
 Layers: protocol/edge.py (body limit, X-Request-ID, access log, metrics of every answer) answers
-POST /infer and POST /v2/models/NAME/infer itself with the handlers of enclave/fastpath.py, and hands
-everything else to this FastAPI app, which documents every route in /openapi.json and /docs and serves the
-rest. Handlers are module-level and reach the service through `request.app.state`; every refusal goes
-through the one responder of protocol/edge.py, in the shape of the route's protocol family.
+POST /infer and POST /v2/models/NAME[/versions/V]/infer itself with the handlers of enclave/fastpath.py, and
+hands everything else to this FastAPI app, which documents every route in /openapi.json and /docs and
+serves the rest. Handlers are module-level and reach the service through `request.app.state`; every refusal
+goes through the one responder of protocol/edge.py, in the shape of the route's protocol family.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -17,17 +18,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from protocol.edge import AccessLog, HttpEdge, install_error_handlers
+from protocol.edge import AccessLog, FastRoute, HttpEdge, install_error_handlers
 from protocol.errors import RequestError, bad_request
 from protocol.inputs import MAX_BATCH_ELEMENTS
 
-from . import __version__, llm_api, schemas
+from . import __version__, kserve, llm_api, schemas
 from .batch_access import BatchAccess
-from .batcher import DEFAULT_BATCHING, Batcher, BatchPolicy
-from .fastpath import INTERNAL, inference_route, run_endpoint, v2_infer_model
+from .batcher import DEFAULT_BATCHING, Batcher, BatchPolicy, Job
+from .fastpath import INTERNAL, inference_route, run_endpoint
+from .http_protocol import Arrivals
 from .inference import InferenceEndpoints, parse_json
 from .llm_service import LlmService
 from .metrics import Metrics, observe_llm
+from .model_stats import ModelStats
 from .runtime import LoadedModel
 from .service import MAX_BATCH, EnclaveService, parse_nonce
 
@@ -43,6 +46,8 @@ _FIXED_LABELS = {
     "/v2": "v2",
     "/v2/health/live": "v2_live",
     "/v2/health/ready": "v2_ready",
+    "/v2/models/stats": "v2_stats",
+    "/v2/repository/index": "v2_repository_index",
     "/docs": "docs",
     "/openapi.json": "openapi",
     "/v1/models": "v1_models",
@@ -56,13 +61,23 @@ def endpoint_label(path: str) -> str:
     label = _FIXED_LABELS.get(path)
     if label is not None:
         return label
-    if v2_infer_model(path) is not None:
-        return "v2_infer"
-    if path.startswith("/v2/models/"):
-        return "v2_model_ready" if path.endswith("/ready") else "v2_model"
+    target = kserve.model_path(path)
+    if target is not None:
+        return _MODEL_LABELS[target.action]
+    if path.startswith("/v2/repository/models/"):
+        return "v2_repository_control"
     if path.startswith("/v1/signature/"):
         return "v1_signature"
     return "unmatched"
+
+
+_MODEL_LABELS = {
+    "": "v2_model",
+    "ready": "v2_model_ready",
+    "config": "v2_model_config",
+    "stats": "v2_model_stats",
+    "infer": "v2_infer",
+}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -81,11 +96,12 @@ def _service(request: Request) -> EnclaveService:
 # --- routes ---------------------------------------------------------------------------------------------
 
 
-async def _inference_reply(request: Request, v2_model: str | None) -> Response:
+async def _inference_reply(request: Request, v2_model: str | None, version: str | None = None) -> Response:
     """The fast path's handler, answered through FastAPI (when the edge does not take the route)."""
     state = _state(request)
     headers = list(request.scope["headers"])
-    status, payload, extra = await run_endpoint(state.endpoints, v2_model, await request.body(), headers)
+    body = await request.body()
+    status, payload, extra = await run_endpoint(state.endpoints, v2_model, body, headers, version)
     reply = Response(payload, status_code=status, media_type=_JSON, headers=state.extra_headers)
     for key, value in extra:  # a content-type among them replaces the JSON one
         reply.headers[key.decode("latin-1")] = value.decode("latin-1")
@@ -148,7 +164,8 @@ async def get_metrics(request: Request) -> Response:
 
 
 async def v2_server(_request: Request) -> Response:
-    return json_response({"name": "verinfer", "version": __version__, "extensions": ["verinfer_receipts"]})
+    """Server metadata: the KServe V2 / Triton extensions this server implements."""
+    return json_response({"name": "verinfer", "version": __version__, "extensions": list(kserve.EXTENSIONS)})
 
 
 async def v2_live(_request: Request) -> Response:
@@ -167,31 +184,113 @@ def v2_metadata_body(model: LoadedModel) -> dict[str, Any]:
     return {
         "name": model.entry.name,
         "versions": [model.entry.version],
-        "platform": "onnxruntime_onnx",
+        "platform": kserve.PLATFORM,
         "inputs": tensors(model.entry.inputs),
         "outputs": tensors(model.entry.outputs),
         "parameters": {"sha256": model.entry.sha256, "modelHash": "0x" + model.entry.sha256},
     }
 
 
+def _model(request: Request, name: str, version: str | None) -> LoadedModel:
+    """The served model `name`, at `version` when the route names one (the manifest's only), else 404."""
+    model = _service(request).runtime.get(name)
+    kserve.check_version(model.entry, version)
+    return model
+
+
 async def v2_model(request: Request, name: str) -> Response:
-    return json_response(v2_metadata_body(_service(request).runtime.get(name)))
+    return json_response(v2_metadata_body(_model(request, name, None)))
+
+
+async def v2_model_version(request: Request, name: str, version: str) -> Response:
+    return json_response(v2_metadata_body(_model(request, name, version)))
+
+
+def _ready_reply(request: Request, name: str, version: str | None) -> Response:
+    model = _model(request, name, version)
+    ready = _service(request).ready
+    return json_response({"name": model.entry.name, "ready": ready}, 200 if ready else 503)
 
 
 async def v2_model_ready(request: Request, name: str) -> Response:
-    service = _service(request)
-    model = service.runtime.get(name)
-    return json_response({"name": model.entry.name, "ready": service.ready})
+    return _ready_reply(request, name, None)
+
+
+async def v2_model_version_ready(request: Request, name: str, version: str) -> Response:
+    return _ready_reply(request, name, version)
+
+
+def _config_reply(request: Request, name: str, version: str | None) -> Response:
+    model = _model(request, name, version)
+    endpoints: InferenceEndpoints = _state(request).endpoints
+    batcher = endpoints.batcher
+    config = kserve.model_config(
+        model.entry,
+        max_batch_size=endpoints.max_batch_size(model.entry.name),
+        window_s=None if batcher is None else batcher.window_s,
+    )
+    return json_response(config)
+
+
+async def v2_model_config(request: Request, name: str) -> Response:
+    """Triton's model configuration; max_batch_size > 0 where the dynamic batcher batches the model."""
+    return _config_reply(request, name, None)
+
+
+async def v2_model_version_config(request: Request, name: str, version: str) -> Response:
+    return _config_reply(request, name, version)
+
+
+def _stats(request: Request) -> ModelStats:
+    endpoints: InferenceEndpoints = _state(request).endpoints
+    return endpoints.stats
+
+
+async def v2_all_stats(request: Request) -> Response:
+    """Statistics of every model (Triton's statistics extension); docs/PROTOCOL.md says what each measures."""
+    return json_response({"model_stats": _stats(request).model_stats()})
+
+
+def _stats_reply(request: Request, name: str, version: str | None) -> Response:
+    model = _model(request, name, version)
+    return json_response({"model_stats": _stats(request).model_stats(model.entry.name)})
+
+
+async def v2_model_stats(request: Request, name: str) -> Response:
+    return _stats_reply(request, name, None)
+
+
+async def v2_model_version_stats(request: Request, name: str, version: str) -> Response:
+    return _stats_reply(request, name, version)
 
 
 async def v2_infer(request: Request, name: str) -> Response:
-    """KServe V2 inference; the receipt is in `parameters` (served by the fast path)."""
+    """KServe V2 inference, JSON or binary tensor data; the receipt is in `parameters` (fast path)."""
     return await _inference_reply(request, name)
 
 
-def _body(model: type[Any]) -> dict[str, Any]:
+async def v2_infer_version(request: Request, name: str, version: str) -> Response:
+    """KServe V2 inference of the manifest's version of the model (fast path)."""
+    return await _inference_reply(request, name, version)
+
+
+async def v2_repository_index(request: Request) -> Response:
+    """Every model of the attested manifest and whether this server serves it (the LLM is on /v1)."""
+    state = _state(request)
+    served = set(_service(request).runtime.models)
+    if state.llm is not None:
+        served.add(state.llm.name)
+    return json_response(kserve.repository_index(_service(request).manifest, served, await request.body()))
+
+
+async def v2_repository_control(_request: Request, name: str) -> Response:
+    """Model load and unload are refused: the served models are those of the attested manifest."""
+    raise kserve.MODEL_CONTROL
+
+
+def _body(model: type[Any], *, required: bool = True) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {_JSON: {"schema": ref}}}}
+    return {"requestBody": {"required": required, "content": {_JSON: {"schema": ref}}}}
 
 
 def _errors(model: type[Any], *statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -200,6 +299,50 @@ def _errors(model: type[Any], *statuses: int) -> dict[int | str, dict[str, Any]]
 
 _E = schemas.ErrorBody
 _V2E = schemas.V2ErrorBody
+
+
+def _model_routes(
+    version: str, *, metadata: Any, ready: Any, config: Any, stats: Any, infer: Any
+) -> tuple[tuple[str, Any, str, dict[str, Any]], ...]:
+    """The per-model V2 routes, under /v2/models/{name} and again under /v2/models/{name}/versions/{v}."""
+    base = "/v2/models/{name}" + version
+    refusals = _errors(_V2E, 400, 404, 422)
+    return (
+        (base, metadata, "GET", {"responses": {200: {"model": schemas.V2ModelMetadata}, **refusals}}),
+        (
+            base + "/ready",
+            ready,
+            "GET",
+            {
+                "responses": {
+                    200: {"model": schemas.V2ModelReady},
+                    503: {"model": schemas.V2ModelReady},
+                    **refusals,
+                }
+            },
+        ),
+        (base + "/config", config, "GET", {"responses": {200: {"model": schemas.V2ModelConfig}, **refusals}}),
+        (base + "/stats", stats, "GET", {"responses": {200: {"model": schemas.V2Statistics}, **refusals}}),
+        (
+            base + "/infer",
+            infer,
+            "POST",
+            {
+                "responses": {
+                    200: {
+                        "model": schemas.V2InferResponse,
+                        "content": {kserve.OCTET_STREAM.decode(): {}},
+                        "description": "JSON, or with binary outputs a JSON header of "
+                        "Inference-Header-Content-Length bytes and the raw tensors",
+                    },
+                    **_errors(_V2E, 400, 404, 413, 415, 422),
+                },
+                "openapi_extra": _body(schemas.V2InferRequest),
+            },
+        ),
+    )
+
+
 ROUTES: tuple[tuple[str, Any, str, dict[str, Any]], ...] = (
     (
         "/infer",
@@ -244,25 +387,47 @@ ROUTES: tuple[tuple[str, Any, str, dict[str, Any]], ...] = (
         {"responses": {200: {"model": schemas.V2Ready}, 503: {"model": schemas.V2Ready}}},
     ),
     (
-        "/v2/models/{name}",
-        v2_model,
+        "/v2/models/stats",
+        v2_all_stats,
         "GET",
-        {"responses": {200: {"model": schemas.V2ModelMetadata}, **_errors(_V2E, 400, 404, 422)}},
+        {"responses": {200: {"model": schemas.V2Statistics}}},
+    ),
+    *_model_routes(
+        "",
+        metadata=v2_model,
+        ready=v2_model_ready,
+        config=v2_model_config,
+        stats=v2_model_stats,
+        infer=v2_infer,
+    ),
+    *_model_routes(
+        "/versions/{version}",
+        metadata=v2_model_version,
+        ready=v2_model_version_ready,
+        config=v2_model_version_config,
+        stats=v2_model_version_stats,
+        infer=v2_infer_version,
     ),
     (
-        "/v2/models/{name}/ready",
-        v2_model_ready,
-        "GET",
-        {"responses": {200: {"model": schemas.V2ModelReady}, **_errors(_V2E, 400, 404, 422)}},
-    ),
-    (
-        "/v2/models/{name}/infer",
-        v2_infer,
+        "/v2/repository/index",
+        v2_repository_index,
         "POST",
         {
-            "responses": {200: {"model": schemas.V2InferResponse}, **_errors(_V2E, 400, 404, 413, 422)},
-            "openapi_extra": _body(schemas.V2InferRequest),
+            "responses": {200: {"model": list[schemas.V2RepositoryModel]}, **_errors(_V2E, 400)},
+            "openapi_extra": _body(schemas.V2RepositoryIndexRequest, required=False),
         },
+    ),
+    (
+        "/v2/repository/models/{name}/load",
+        v2_repository_control,
+        "POST",
+        {"responses": {403: {"model": _V2E}}},
+    ),
+    (
+        "/v2/repository/models/{name}/unload",
+        v2_repository_control,
+        "POST",
+        {"responses": {403: {"model": _V2E}}},
     ),
 )
 
@@ -281,6 +446,10 @@ def openapi_schema(api: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def _claims(route: FastRoute, method: str, path: str) -> bool:
+    return route(method, path) is not None
+
+
 def create_app(
     service: EnclaveService,
     *,
@@ -291,10 +460,12 @@ def create_app(
     fast_path: bool = True,
     llm: LlmService | None = None,
     batching: BatchPolicy | None = DEFAULT_BATCHING,
+    arrivals: Arrivals | None = None,
 ) -> HttpEdge:
     """The ASGI app. `fast_path=False` serves inference through the FastAPI routes (for tests); `llm`
-    serves the manifest's LLM behind the OpenAI-compatible /v1 routes; `batching=None` runs every model
-    on the event loop, one request at a time, instead of on the dynamic batcher's worker."""
+    serves the manifest's LLM behind the OpenAI-compatible /v1 routes; `batching=None` runs each request
+    on its own instead of batching concurrent ones; `arrivals` is the server's count of inference requests
+    received and not answered (enclave/http_protocol.py), which lets a lone request's batch run at once."""
     access_log = access_log or AccessLog(None)
     api = FastAPI(
         title="verinfer enclave",
@@ -305,12 +476,28 @@ def create_app(
     )
     metrics = Metrics()
     metrics.info.labels(enclave=service.address, simulated=str(service.simulated).lower()).set(1)
+    stats = ModelStats({name: m.entry.version for name, m in service.runtime.models.items()})
+
+    def on_batch(model: LoadedModel, size: int, seconds: float) -> None:
+        stats.record_execution(model.entry.name, size, int(seconds * 1e9))
+
+    def on_job(job: Job) -> None:
+        if job.result is not None:
+            stats.record_queue(job.model.entry.name, int((job.started - job.queued) * 1e9))
+
     batcher = (
         None
         if batching is None
-        else Batcher(service, max_batch=batching.max_batch, window_s=batching.window_s)
+        else Batcher(
+            service,
+            max_batch=batching.max_batch,
+            window_s=batching.window_s,
+            on_batch=on_batch,
+            on_job=on_job,
+            arrivals=arrivals,
+        )
     )
-    endpoints = InferenceEndpoints(service, metrics, max_elements=max_elements, batcher=batcher)
+    endpoints = InferenceEndpoints(service, metrics, max_elements=max_elements, batcher=batcher, stats=stats)
     api.state.service = service
     api.state.metrics = metrics
     api.state.endpoints = endpoints
@@ -336,12 +523,16 @@ def create_app(
         metrics.request_counter(endpoint, status).inc()
         metrics.observe_request(endpoint, seconds)
 
+    fast_route = inference_route(endpoints) if fast_path else None
+    if arrivals is not None:  # count what the batcher will see: the fast route's requests
+        arrivals.is_inference = None if fast_route is None else partial(_claims, fast_route)
+        metrics.inference_in_flight.set_function(arrivals)
     return HttpEdge(
         api,
         max_body=max_body,
         access_log=access_log,
         observe=observe,
         on_error=on_error,
-        fast_route=inference_route(endpoints) if fast_path else None,
+        fast_route=fast_route,
         fast_headers=api.state.extra_headers,
     )

@@ -5,7 +5,9 @@ runs as soon as the loop has handled the requests that arrived in the same turn,
 delayed; a window W holds the first request up to W seconds for more; `max_batch` waiting requests flush at
 once. A flush runs each model's requests as one call, the inputs concatenated along the first dimension,
 then hashes and signs every request's own slice of the outputs, so receipts are exactly what an unbatched
-run gives: inputHash over that request's inputs, outputHash over its outputs, its own request id.
+run gives: inputHash over that request's inputs, outputHash over its outputs, its own request id. Where the
+server counts the inference requests it has received and not answered (enclave/http_protocol.py), a flush
+also runs at once when all of them are waiting, so a lone request does not wait for the next loop turn.
 
 All of it runs on the event loop. A worker thread was measured and lost: handing each batch to it and back
 costs two thread wake-ups and GIL hand-offs (about 0.15 ms a request at one connection, more than the
@@ -119,10 +121,13 @@ class Batcher:
         window_s: float = DEFAULT_WINDOW_S,
         on_batch: BatchObserver | None = None,
         on_job: JobObserver | None = None,
+        arrivals: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1 or window_s < 0:
             raise ValueError("max_batch must be >= 1 and the window >= 0")
         self.service = service
+        # Inference requests received and not yet answered (enclave/http_protocol.py), when known.
+        self.arrivals = arrivals
         self.max_batch = max_batch
         self.window_s = window_s
         self.on_batch = on_batch
@@ -144,7 +149,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = Job(model, inputs, request_id, only, loop.create_future())
         self._pending.append(job)
-        if len(self._pending) >= self.max_batch:
+        pending = len(self._pending)
+        everyone = self.arrivals is not None and self.window_s == 0 and self.arrivals() <= pending
+        if pending >= self.max_batch or everyone:  # `everyone`: nobody else can join this turn
             self.flush()
         elif self._flush_handle is None:
             self._flush_handle = (

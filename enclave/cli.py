@@ -45,7 +45,7 @@ def serve(settings: ServeSettings) -> int:
     from .app import create_app
     from .batch_access import BatchAccess
     from .batcher import BatchPolicy
-    from .http_protocol import CoalescingHttpToolsProtocol
+    from .http_protocol import Arrivals, counting_protocol
     from .image import measure_image
     from .llm_service import load_llm
     from .operations import ReportingServer, http_url, tcp_listener, with_cors
@@ -99,6 +99,7 @@ def serve(settings: ServeSettings) -> int:
     access_log = AccessLog(
         _access_log_stream(settings.access_log), json_lines=settings.access_log_format == "json"
     )
+    arrivals = Arrivals()  # counted by the protocol below, read by the batcher
     app = create_app(
         service,
         max_body=settings.max_body,
@@ -107,6 +108,7 @@ def serve(settings: ServeSettings) -> int:
         access_log=access_log,
         llm=llm,
         batching=batching,
+        arrivals=arrivals,
     )
     if not batch_access.enabled:
         log.info("POST /receipts/batch is disabled (no --batch-token-sha256)")
@@ -135,7 +137,7 @@ def serve(settings: ServeSettings) -> int:
         server_header=False,
         # No X-Forwarded-* rewriting: nothing here uses the client's address, and it costs every request.
         proxy_headers=False,
-        http=CoalescingHttpToolsProtocol,  # one write per answer (enclave/http_protocol.py)
+        http=counting_protocol(arrivals),  # one write per answer; arrivals (enclave/http_protocol.py)
         timeout_graceful_shutdown=settings.shutdown_timeout,
     )
 

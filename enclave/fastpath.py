@@ -1,4 +1,5 @@
-"""The two inference routes as handlers from body bytes to (status, JSON bytes), served by the HTTP edge.
+"""The inference routes as handlers from (body, headers) to (status, body, headers), served by the HTTP edge:
+POST /infer and POST /v2/models/NAME[/versions/VERSION]/infer.
 
 FastAPI's per-request machinery (Request object, dependency resolution, Response object) costs about as much
 as signing a receipt, so protocol/edge.py answers these routes straight from ASGI messages, after its body
@@ -15,30 +16,30 @@ from protocol.edge import FastHandler, FastRoute, error_body
 from protocol.errors import RequestError
 
 from .inference import Headers, InferenceEndpoints, Reply
+from .kserve import ModelPath, model_path
 
 log = logging.getLogger("verinfer.enclave")
-_V2_PREFIX = "/v2/models/"
-_V2_SUFFIX = "/infer"
 INTERNAL = RequestError(500, "internal", "internal error; nothing was signed")
 
 
-def v2_infer_model(path: str) -> str | None:
-    """The model name of a V2 infer path (/v2/models/NAME/infer), else None."""
-    if path.startswith(_V2_PREFIX) and path.endswith(_V2_SUFFIX):
-        name = path[len(_V2_PREFIX) : -len(_V2_SUFFIX)]
-        if name and "/" not in name:
-            return name
-    return None
+def v2_infer_path(path: str) -> ModelPath | None:
+    """The model (and version, if given) of a V2 infer path, else None."""
+    target = model_path(path)
+    return target if target is not None and target.action == "infer" else None
 
 
 async def run_endpoint(
-    endpoints: InferenceEndpoints, v2_model: str | None, body: bytes, headers: Headers
+    endpoints: InferenceEndpoints,
+    v2_model: str | None,
+    body: bytes,
+    headers: Headers,
+    version: str | None = None,
 ) -> Reply:
     """One inference request to (status, body, headers); an unexpected failure is a counted 500."""
     try:
         if v2_model is None:
             return await endpoints.infer(body, headers)
-        return await endpoints.v2_infer(v2_model, body, headers)
+        return await endpoints.v2_infer(v2_model, body, headers, version)
     except Exception:
         log.exception("inference failed unexpectedly")
         endpoints.metrics.error_counter(INTERNAL.code).inc()
@@ -46,7 +47,7 @@ async def run_endpoint(
 
 
 def inference_route(endpoints: InferenceEndpoints) -> FastRoute:
-    """The edge's fast route for POST /infer and POST /v2/models/NAME/infer (protocol/edge.py)."""
+    """The edge's fast route for POST /infer and V2 infer, versioned or not (protocol/edge.py)."""
     infer: FastHandler = partial(run_endpoint, endpoints, None)
 
     def route(method: str, path: str) -> FastHandler | None:
@@ -54,7 +55,9 @@ def inference_route(endpoints: InferenceEndpoints) -> FastRoute:
             return None
         if path == "/infer":
             return infer
-        name = v2_infer_model(path)
-        return None if name is None else partial(run_endpoint, endpoints, name)
+        target = v2_infer_path(path)
+        if target is None:
+            return None
+        return partial(run_endpoint, endpoints, target.name, version=target.version)
 
     return route

@@ -64,6 +64,11 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=self.registry,
         )
+        self.inference_in_flight = Gauge(
+            "verinfer_inference_requests_in_flight",
+            "Inference requests received (headers read) and not yet answered.",
+            registry=self.registry,
+        )
         # What prometheus_client puts on its global registry, on ours: CPU, memory, open fds, start time, GC.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

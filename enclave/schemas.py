@@ -51,8 +51,12 @@ class V2InputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = Field(
+        default=None, description="absent when parameters.binary_data_size says the data follows the JSON"
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_size: bytes of raw data after the JSON header"
+    )
 
 
 class OutputTensor(BaseModel):
@@ -60,6 +64,16 @@ class OutputTensor(BaseModel):
     datatype: str
     shape: list[int]
     data: list[float | int]
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float | int] | None = Field(default=None, description="absent for a binary output")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_size: bytes of this output after the JSON header"
+    )
 
 
 class InferRequest(BaseModel):
@@ -85,12 +99,17 @@ class InferResponse(BaseModel):
 
 class V2RequestedOutput(BaseModel):
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data: true to have it as raw bytes after the JSON header"
+    )
 
 
 class V2InferParameters(BaseModel):
     model_config = ConfigDict(extra="allow")
     request_id: str | None = Field(default=None, pattern=r"^0x[0-9a-fA-F]{64}$")
+    binary_data_output: bool | None = Field(
+        default=None, description="true: outputs as raw bytes after the JSON header unless they say otherwise"
+    )
 
 
 class V2InferRequest(BaseModel):
@@ -122,7 +141,7 @@ class V2InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
-    outputs: list[OutputTensor]
+    outputs: list[V2OutputTensor]
     parameters: V2ResponseParameters
 
 
@@ -222,4 +241,92 @@ class V2ModelReady(BaseModel):
     ready: bool
 
 
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (InferRequest, V2InferRequest, ReceiptBatchRequest)
+class V2ConfigTensor(BaseModel):
+    name: str
+    data_type: str = Field(description="TYPE_ and the V2 datatype, e.g. TYPE_FP32")
+    dims: list[int] = Field(description="without the batch dimension when max_batch_size > 0")
+    is_shape_tensor: bool
+    format: str | None = None
+    allow_ragged_batch: bool | None = None
+    optional: bool | None = None
+    label_filename: str | None = None
+
+
+class V2DynamicBatching(BaseModel):
+    preferred_batch_size: list[int]
+    max_queue_delay_microseconds: int
+    preserve_ordering: bool
+
+
+class V2ModelConfig(BaseModel):
+    """Triton's model configuration (model_config.proto as JSON), read-only: the manifest fixes it."""
+
+    name: str
+    platform: str
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int = Field(description="0: shapes are used as given; N: requests batched, N at most")
+    input: list[V2ConfigTensor]
+    output: list[V2ConfigTensor]
+    instance_group: list[dict[str, Any]]
+    default_model_filename: str
+    parameters: dict[str, dict[str, str]]
+    dynamic_batching: V2DynamicBatching | None = None
+
+
+class V2RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(default=False, description="true: only the models that are ready")
+
+
+class V2RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="READY, or UNAVAILABLE for a manifest model this server does not load")
+    reason: str | None = None
+
+
+class V2Duration(BaseModel):
+    count: int
+    ns: int
+
+
+class V2InferenceStats(BaseModel):
+    success: V2Duration
+    fail: V2Duration
+    queue: V2Duration
+    compute_input: V2Duration
+    compute_infer: V2Duration
+    compute_output: V2Duration
+    cache_hit: V2Duration
+    cache_miss: V2Duration
+
+
+class V2BatchStats(BaseModel):
+    batch_size: int
+    compute_infer: V2Duration
+
+
+class V2ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="milliseconds since the epoch; 0 before the first")
+    inference_count: int
+    execution_count: int
+    inference_stats: V2InferenceStats
+    response_stats: dict[str, Any]
+    batch_stats: list[V2BatchStats]
+    memory_usage: list[Any]
+
+
+class V2Statistics(BaseModel):
+    """Triton's statistics extension: cumulative per-model counters (docs/PROTOCOL.md)."""
+
+    model_stats: list[V2ModelStatistics]
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    InferRequest,
+    V2InferRequest,
+    ReceiptBatchRequest,
+    V2RepositoryIndexRequest,
+)

@@ -288,7 +288,13 @@ class HttpEdge:
                     await send({"type": "http.response.start", "status": status, "headers": headers})
                     await send({"type": "http.response.body", "body": payload})
                 else:
-                    reply = send_with_id if compress is None else _compressing(send_with_id, compress)
+                    # Under /v2 only inference answers are compressed, as Triton does: Triton's async
+                    # client asks for gzip on every request but inflates only inference answers.
+                    reply: Send
+                    if compress is None or is_v2(scope["path"]):
+                        reply = send_with_id
+                    else:
+                        reply = _compressing(send_with_id, compress)
                     await self.app(scope, _replay(body, receive), reply)
         finally:  # also when the app raised after answering 500
             if self.observe is not None and status:

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import bad_request
+from .errors import RequestError, bad_request
 from .manifest import ModelEntry, TensorSpec
 from .tensors import BY_V2
 
 MAX_BATCH_ELEMENTS = 1 << 22
 # What numpy says when a float input exceeds the model's float type; the value is refused as invalid_value.
 OVERFLOW_WARNING = "overflow encountered in cast"
+# Where a tensor's data is sent outside the JSON (KServe's binary tensor data extension, enclave/kserve.py):
+# given the input's spec and its JSON object, its raw bytes, or None when its data is in the JSON.
+RawData = Callable[[TensorSpec, dict[str, Any]], bytes | None]
 
 
 def contains_bool(data: Any) -> bool:
@@ -48,8 +51,8 @@ def to_array(
     check_bools: bool = True,
 ) -> np.ndarray:
     """Convert JSON data to the tensor `spec` describes, or raise a 400 naming what is wrong."""
-    if shape is not None and math.prod(shape) > max_elements:  # Python ints: no overflow, checked first
-        raise bad_request("tensor_too_large", f"{spec.name}: shape has more than {max_elements} elements")
+    if shape is not None:
+        _check_elements(spec, shape, max_elements)
     try:
         raw = np.array(data)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -67,14 +70,16 @@ def to_array(
         array = raw.astype(spec.dtype.numpy)
         if not np.isfinite(array).all():  # one check on the hot path; work out which problem only on failure
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
-                raise bad_request("invalid_value", f"{spec.name}: values must be finite")
+                raise _not_finite(spec)
             raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
     else:
         info = np.iinfo(spec.dtype.numpy)
         wanted = f"{spec.name}: expected integers of type {spec.dtype.name}"
         if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
             raise bad_request("invalid_dtype", wanted)
-        if raw.size and _out_of_range(raw, info):
+        if raw.dtype.kind == "f" and raw.size and np.abs(raw).max() >= _FLOAT_EXACT:
+            raw = _exact_integers(spec, data, info)
+        elif raw.size and _out_of_range(raw, info):
             raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
         array = raw.astype(spec.dtype.numpy)
     if shape is not None:
@@ -85,6 +90,49 @@ def to_array(
         array = array.reshape(shape)
     check_shape(spec, array.shape)
     return np.ascontiguousarray(array)
+
+
+def from_raw(spec: TensorSpec, data: bytes, shape: Sequence[int], *, max_elements: int) -> np.ndarray:
+    """The tensor `spec` describes from raw little-endian row-major bytes (KServe's binary tensor data),
+    under the same rules as JSON data: element limit, exact size, finite floats, declared shape."""
+    _check_elements(spec, shape, max_elements)
+    expected = math.prod(shape) * spec.dtype.numpy.itemsize
+    if len(data) != expected:
+        raise bad_request(
+            "invalid_binary_size",
+            f"{spec.name}: {len(data)} bytes of binary data, but shape {list(shape)} of "
+            f"{spec.dtype.name} takes {expected}",
+        )
+    check_shape(spec, tuple(shape))
+    array = np.frombuffer(data, dtype=spec.dtype.numpy).reshape(shape)
+    kind = spec.dtype.numpy.kind
+    if kind == "f" and not np.isfinite(array).all():
+        raise _not_finite(spec)
+    if kind == "b" and np.frombuffer(data, dtype=np.uint8).max() > 1:
+        raise bad_request("invalid_value", f"{spec.name}: a BOOL element is one byte, 0 or 1")
+    return array
+
+
+def _check_elements(spec: TensorSpec, shape: Sequence[int], max_elements: int) -> None:
+    if math.prod(shape) > max_elements:  # Python ints: no overflow, checked before anything is built
+        raise bad_request("tensor_too_large", f"{spec.name}: shape has more than {max_elements} elements")
+
+
+def _not_finite(spec: TensorSpec) -> RequestError:
+    return bad_request("invalid_value", f"{spec.name}: values must be finite")
+
+
+_FLOAT_EXACT = 2.0**53  # float64 holds every integer below this exactly
+
+
+def _exact_integers(spec: TensorSpec, data: Any, info: np.iinfo) -> np.ndarray:
+    """Integers that numpy read as float64 (big ones mixed with small or negative ones: 2**63 + 1 next to 0),
+    where float64 would round them: read again as Python integers, exactly, and range-checked."""
+    exact = np.array(data, dtype=object)
+    values = [int(v) for v in exact.ravel()]  # already known to be integral numbers
+    if min(values) < info.min or max(values) > info.max:
+        raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
+    return np.array(values, dtype=spec.dtype.numpy).reshape(exact.shape)
 
 
 def _out_of_range(raw: np.ndarray, info: np.iinfo) -> bool:
@@ -111,9 +159,11 @@ def parse_named_tensor(
     v2: bool,
     max_elements: int = MAX_BATCH_ELEMENTS,
     check_bools: bool = True,
+    raw: RawData | None = None,
 ) -> tuple[TensorSpec, np.ndarray]:
-    """One tensor object: {"name", "data", "shape"?, "datatype"?}; V2 requires shape and datatype."""
-    if not isinstance(item, dict) or "name" not in item or "data" not in item:
+    """One tensor object: {"name", "data", "shape"?, "datatype"?}; V2 requires shape and datatype. With
+    `raw`, a tensor whose data `raw` supplies (binary tensor data) has no "data" in its JSON."""
+    if not isinstance(item, dict) or "name" not in item or ("data" not in item and raw is None):
         raise bad_request("missing_field", "each input tensor needs 'name' and 'data'")
     specs = {spec.name: spec for spec in entry.inputs}
     spec = specs.get(item["name"]) if isinstance(item["name"], str) else None
@@ -133,6 +183,13 @@ def parse_named_tensor(
         not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
     ):
         raise bad_request("invalid_shape", f"{spec.name}: shape must be a list of non-negative integers")
+    data = None if raw is None else raw(spec, item)
+    if data is not None:
+        if shape is None:
+            raise bad_request("missing_field", f"{spec.name}: binary tensor data needs 'shape'")
+        return spec, from_raw(spec, data, shape, max_elements=max_elements)
+    if "data" not in item:
+        raise bad_request("missing_field", f"{spec.name}: the tensor has no 'data' (nor binary data)")
     return spec, to_array(spec, item["data"], shape, max_elements=max_elements, check_bools=check_bools)
 
 
@@ -143,18 +200,22 @@ def parse_inputs(
     v2: bool = False,
     max_elements: int = MAX_BATCH_ELEMENTS,
     check_bools: bool = True,
+    raw: RawData | None = None,
 ) -> list[tuple[str, np.ndarray]]:
     """Inputs in the model's declared order: named tensor objects, or a plain nested list for one input.
 
     `max_elements` bounds the whole request, not each tensor. Pass `check_bools=False` only when the
-    request's JSON text holds no boolean at all (`may_hold_bools`).
+    request's JSON text holds no boolean at all (`may_hold_bools`). `raw` supplies the data of tensors
+    sent as binary data (enclave/kserve.py), asked in the request's order.
     """
     specs = entry.inputs
     budget = max_elements
     if isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs):
         parsed: dict[str, np.ndarray] = {}
         for item in inputs:
-            spec, array = parse_named_tensor(entry, item, v2=v2, max_elements=budget, check_bools=check_bools)
+            spec, array = parse_named_tensor(
+                entry, item, v2=v2, max_elements=budget, check_bools=check_bools, raw=raw
+            )
             if spec.name in parsed:
                 raise bad_request("duplicate_input", f"input {spec.name!r} given twice")
             parsed[spec.name] = array

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
+from attestation.nsm import open_nsm
+from enclave.batcher import Batcher
 from enclave.http_protocol import CoalescingTransport
+from enclave.service import EnclaveService
+from protocol.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class RecordingTransport:
@@ -71,3 +81,50 @@ def test_keep_alive_and_close_on_a_real_server(server: str) -> None:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == b'{"live":true}'
+
+
+def test_a_lone_request_runs_without_waiting_a_loop_turn(tmp_path: Path) -> None:
+    """With the server's arrival count, a batch that everyone who arrived has joined runs at once."""
+    service = EnclaveService(load_manifest(REPO / "models"), open_nsm("sim", pki_dir=tmp_path))
+    model = service.runtime.get("iris-mlp")
+    inputs = [("features", np.asarray([[6.7, 3.0, 5.2, 2.3]], np.float32))]
+
+    async def first_step(arrivals: Callable[[], int] | None) -> bool:
+        """Whether infer() finished without suspending."""
+        step = Batcher(service, arrivals=arrivals).infer(model, inputs, b"\1" * 32, None)
+        try:
+            step.send(None)
+        except StopIteration:
+            return True
+        step.close()
+        return False
+
+    assert asyncio.run(first_step(lambda: 1))  # alone: no turn lost
+    assert not asyncio.run(first_step(lambda: 2))  # another request has arrived: wait for it this turn
+    assert not asyncio.run(first_step(None))  # count unknown: wait one turn for company
+
+
+def metric(server: str, name: str) -> float:
+    for line in httpx.get(f"{server}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_arrivals_are_counted_and_uncounted(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    body = b'{"model": "iris-mlp", "inputs": [[6.7, 3.0, 5.2, 2.3]]}'
+    with socket.create_connection((host, int(port)), timeout=5) as stuck:
+        # Headers of an inference request whose body never finishes: it has arrived and is not answered.
+        stuck.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        deadline = time.monotonic() + 5
+        while metric(server, "verinfer_inference_requests_in_flight") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(server, "verinfer_inference_requests_in_flight") == 1
+        with httpx.Client(base_url=server) as client:
+            answers = [client.post("/infer", content=body) for _ in range(5)]
+        assert all(a.status_code == 200 for a in answers)
+    deadline = time.monotonic() + 5  # the stuck client hung up: no longer counted
+    while metric(server, "verinfer_inference_requests_in_flight") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(server, "verinfer_inference_requests_in_flight") == 0
