@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -41,7 +40,7 @@ import orjson
 
 from bench.bench_server import CASES, ROUNDS, port_of
 from bench.loadgen import LoadResult, run_load
-from verinfer.processes import free_port, running_server, stop, wait_ready
+from verinfer.processes import free_port, running_http_process, running_server
 
 REPO = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 16)
@@ -53,42 +52,13 @@ SIGNED, UNSIGNED = "signed /infer", "unsigned FastAPI"
 def unsigned_server() -> Iterator[str]:
     """bench/unsigned_app.py under uvicorn, configured like `verinfer serve`. Yields its base URL."""
     port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.unsigned_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--no-server-header",
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            try:
-                wait_ready(url, process)
-            except (RuntimeError, TimeoutError) as exc:
-                log.seek(0)
-                raise RuntimeError(f"{exc}\n{log.read().decode(errors='replace')}") from exc
-            yield url
-        finally:
-            stop(process)
+    command = [
+        sys.executable, "-m", "uvicorn", "bench.unsigned_app:app", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+        "--no-access-log", "--no-server-header",
+    ]  # fmt: skip
+    with running_http_process(command, f"http://127.0.0.1:{port}", cwd=REPO) as url:
+        yield url
 
 
 def outputs_of(url: str, body: bytes) -> dict[str, np.ndarray]:

@@ -60,19 +60,24 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
 
 @contextmanager
 def running_server(*args: str, log: Path | None = None) -> Iterator[str]:
-    """Start the server, wait until /v2/health/ready answers, stop it on exit. Yields its base URL.
-
-    Output goes to a file, never an undrained pipe: the server logs a line per request and would block
-    once a pipe's buffer filled.
-    """
+    """Start the server, wait until /v2/health/ready answers, stop it on exit. Yields its base URL."""
     port = free_port()
+    command = [VERINFER, "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    with running_http_process(command, f"http://127.0.0.1:{port}", log=log) as url:
+        yield url
+
+
+@contextmanager
+def running_http_process(
+    command: list[str], url: str, *, log: Path | None = None, cwd: Path | None = None
+) -> Iterator[str]:
+    """Start an HTTP server process, wait until URL/v2/health/ready answers, stop it on exit.
+
+    Output goes to a file, never an undrained pipe: a server logs a line per request and would block
+    once a pipe's buffer filled. A server that does not come up fails with its output.
+    """
     output = log.open("w+b") if log else tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
-    process = subprocess.Popen(
-        [VERINFER, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         try:
             wait_ready(url, process)
