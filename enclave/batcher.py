@@ -59,7 +59,7 @@ class Job:
     inputs: Tensors
     request_id: bytes
     only: set[str] | None
-    future: asyncio.Future[InferenceResult]
+    future: asyncio.Future[InferenceResult] | None  # None: run at once, not queued
     queued: float = field(default_factory=time.perf_counter)
     # Filled by the flush: the result or the refusal, and when its batch started to run.
     result: InferenceResult | None = None
@@ -146,9 +146,14 @@ class Batcher:
     async def infer(
         self, model: LoadedModel, inputs: Tensors, request_id: bytes, only: set[str] | None
     ) -> InferenceResult:
+        alone = (
+            not self._pending and self.window_s == 0 and self.arrivals is not None and self.arrivals() <= 1
+        )
+        if alone:  # the only inference request in the process: no batch to form, no future to wait on
+            return self._run_now(Job(model, inputs, request_id, only, None))
         loop = asyncio.get_running_loop()
-        job = Job(model, inputs, request_id, only, loop.create_future())
-        self._pending.append(job)
+        future: asyncio.Future[InferenceResult] = loop.create_future()
+        self._pending.append(Job(model, inputs, request_id, only, future))
         pending = len(self._pending)
         everyone = self.arrivals is not None and self.window_s == 0 and self.arrivals() <= pending
         if pending >= self.max_batch or everyone:  # `everyone`: nobody else can join this turn
@@ -159,7 +164,7 @@ class Batcher:
                 if self.window_s == 0
                 else loop.call_later(self.window_s, self.flush)
             )
-        return await job.future
+        return await future
 
     def flush(self) -> None:
         """Run everything pending: each model's requests as one call, then sign, record and answer each."""
@@ -171,6 +176,14 @@ class Batcher:
             self._run_group(group)
         for job in jobs:
             self._deliver(job)
+
+    def _run_now(self, job: Job) -> InferenceResult:
+        job.started = job.queued
+        self._run_alone(job)
+        self._deliver(job)
+        if job.result is None:
+            raise job.error or RuntimeError("no result")
+        return job.result
 
     def _run_group(self, group: list[Job]) -> None:
         model = group[0].model
@@ -235,7 +248,7 @@ class Batcher:
             self.service.record(job.result.receipt)
         if self.on_job is not None:
             self.on_job(job)
-        if job.future.done():  # the client went away; its receipt is still recorded
+        if job.future is None or job.future.done():  # run at once, or the client went away (still recorded)
             return
         if job.result is not None:
             job.future.set_result(job.result)
