@@ -44,7 +44,7 @@ Tensors = list[tuple[str, np.ndarray]]
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    """`max_batch` requests per call at most; the worker waits up to `window_s` for a batch to fill."""
+    """`max_batch` requests per call at most; a flush waits up to `window_s` for a batch to fill."""
 
     max_batch: int = DEFAULT_MAX_BATCH
     window_s: float = DEFAULT_WINDOW_S

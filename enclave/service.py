@@ -110,8 +110,8 @@ class EnclaveService:
         request_id: bytes,
         only: set[str] | None,
     ) -> InferenceResult:
-        """Hash and sign one request's outputs, without recording them: the dynamic batcher signs on its
-        worker thread and records on the event loop, so the receipt log keeps one writer and one order.
+        """Hash and sign one request's outputs, without recording them: the dynamic batcher signs each
+        request of a batch and records the receipts as it answers them, in answer order.
 
         A model can overflow to NaN/Inf on finite inputs (an MLP fed 1e38); such an answer is refused
         with 422 and never signed, because JSON cannot carry it and no consumer could act on it.
