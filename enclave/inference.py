@@ -10,6 +10,7 @@ per-model statistics (enclave/model_stats.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,17 +90,7 @@ class InferenceEndpoints:
     async def infer(self, body: bytes, _headers: Headers = _NO_HEADERS) -> Reply:
         """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt."""
         track = _Track(time.perf_counter_ns())
-        try:
-            reply = 200, orjson.dumps(await self._infer(body, track), option=_NUMPY), _NO_HEADERS
-        except RequestError as error:
-            self.metrics.error_counter(error.code).inc()
-            self._record(track, ok=False)
-            return error.status, error_body(error, v2=False), _NO_HEADERS
-        except Exception:
-            self._record(track, ok=False)
-            raise
-        self._record(track, ok=True)
-        return reply
+        return await self._answer(track, self._infer_reply(body, track), v2=False)
 
     async def v2_infer(
         self, name: str, body: bytes, headers: Headers = _NO_HEADERS, version: str | None = None
@@ -107,17 +98,24 @@ class InferenceEndpoints:
         """POST /v2/models/{name}[/versions/{version}]/infer: the Open Inference Protocol, JSON or binary
         tensor data, receipt in `parameters`."""
         track = _Track(time.perf_counter_ns())
+        return await self._answer(track, self._v2_infer(name, version, body, headers, track), v2=True)
+
+    async def _answer(self, track: _Track, work: Awaitable[Reply], *, v2: bool) -> Reply:
+        """The reply of `work`, or its refusal in the route family's shape; either way counted in stats."""
         try:
-            reply = await self._v2_infer(name, version, body, headers, track)
+            reply = await work
         except RequestError as error:
             self.metrics.error_counter(error.code).inc()
             self._record(track, ok=False)
-            return error.status, error_body(error, v2=True), _NO_HEADERS
+            return error.status, error_body(error, v2=v2), _NO_HEADERS
         except Exception:
             self._record(track, ok=False)
             raise
         self._record(track, ok=True)
         return reply
+
+    async def _infer_reply(self, body: bytes, track: _Track) -> Reply:
+        return 200, orjson.dumps(await self._infer(body, track), option=_NUMPY), _NO_HEADERS
 
     def _record(self, track: _Track, *, ok: bool) -> None:
         if track.model is None:  # refused before a model was named: nothing to count against
