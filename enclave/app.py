@@ -20,14 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protocol.edge import AccessLog, FastRoute, HttpEdge, install_error_handlers
 from protocol.errors import RequestError, bad_request
-from protocol.inputs import MAX_BATCH_ELEMENTS
+from protocol.inputs import MAX_BATCH_ELEMENTS, parse_json
 
 from . import __version__, kserve, llm_api, schemas
 from .batch_access import BatchAccess
 from .batcher import DEFAULT_BATCHING, Batcher, BatchPolicy, Job
 from .fastpath import INTERNAL, inference_route, run_endpoint
 from .http_protocol import Arrivals
-from .inference import InferenceEndpoints, parse_json
+from .inference import InferenceEndpoints
 from .llm_service import LlmService
 from .metrics import Metrics, observe_llm
 from .model_stats import ModelStats

@@ -19,7 +19,7 @@ import orjson
 
 from protocol.edge import error_body
 from protocol.errors import RequestError, bad_request
-from protocol.inputs import MAX_BATCH_ELEMENTS, may_hold_bools, parse_inputs
+from protocol.inputs import MAX_BATCH_ELEMENTS, may_hold_bools, parse_inputs, parse_json
 
 from . import kserve
 from .batcher import Batcher
@@ -32,13 +32,6 @@ _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 Headers = list[tuple[bytes, bytes]]
 Reply = tuple[int, bytes, Headers]  # JSON unless the headers name another content-type
 _NO_HEADERS: Headers = []
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request("invalid_json", f"body is not valid JSON: {exc}") from exc
 
 
 def tensor_json(name: str, array: np.ndarray, model: LoadedModel) -> dict[str, Any]:

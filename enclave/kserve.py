@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from protocol.errors import RequestError, bad_request, not_found
+from protocol.inputs import parse_json
 from protocol.manifest import Manifest, ModelEntry, TensorSpec
 from protocol.tensors import BY_V2
 
@@ -103,7 +104,7 @@ def split_request(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[
             length = value
             break
     if length is None:
-        return _json(body), b""
+        return parse_json(body), b""
     text = bytes(length).strip()
     if not text.isdigit() or int(text) > len(body):
         raise bad_request(
@@ -112,14 +113,7 @@ def split_request(body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[
             f"got {text[:40]!r}",
         )
     split = int(text)
-    return _json(body[:split]), body[split:]
-
-
-def _json(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request("invalid_json", f"the request's JSON is not valid: {exc}") from exc
+    return parse_json(body[:split]), body[split:]
 
 
 class BinaryInputs:
@@ -323,7 +317,7 @@ def model_config(entry: ModelEntry, *, max_batch_size: int, window_s: float | No
 def repository_index(manifest: Manifest, served: set[str], body: bytes) -> list[dict[str, str]]:
     """POST /v2/repository/index: every manifest model, READY where this server serves it (the LLM on /v1
     when loaded). The body is empty, {} or {"ready": bool} (true: only the ready ones)."""
-    options = _json(body) if body.strip() else {}
+    options = parse_json(body) if body.strip() else {}
     if not isinstance(options, dict):
         raise bad_request("invalid_json", "body must be a JSON object {ready?: bool}")
     ready_only = _flag(options, "ready", "repository index")

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from protocol import llm
 from protocol.addresses import checksum_address
 from protocol.errors import RequestError, bad_request, not_found
+from protocol.inputs import parse_json
 from protocol.manifest import ModelEntry
 from protocol.receipts import Receipt, SignedReceipt, sign_receipt
 
@@ -154,10 +155,7 @@ class LlmService:
 
     def plan(self, body: bytes, *, chat: bool, request_id_header: str | None) -> Plan:
         """Parse and check a request body; every refusal is an OpenAI-shaped 4xx."""
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise bad_request("invalid_json", f"body is not JSON: {exc}") from exc
+        raw = parse_json(body)
         if not isinstance(raw, dict):
             raise bad_request("invalid_request", "body must be a JSON object")
         try:
