@@ -12,6 +12,7 @@ Exit status 0 only when both schemathesis passed and the server counted no 5xx.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def run(max_examples: int, seed: int | None, workers: int = 1) -> int:
         ]
         if seed is not None:
             command += ["--seed", str(seed)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        hooks = {**os.environ, "SCHEMATHESIS_HOOKS": "bench.api_fuzz_hooks"}  # the OHTTP media types
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=hooks)
         counts = status_counts(httpx.get(f"{url}/metrics").text)
     output = result.stdout + result.stderr
     start = min((output.find(h) for h in ("= FAILURES =", "= ERRORS =") if h in output), default=-1)

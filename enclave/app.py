@@ -18,7 +18,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from protocol.edge import AccessLog, FastRoute, HttpEdge, install_error_handlers
+from protocol import ohttp
+from protocol.edge import SEALED_SALT, AccessLog, FastHandler, FastRoute, HttpEdge, install_error_handlers
 from protocol.errors import RequestError, bad_request
 from protocol.inputs import MAX_BATCH_ELEMENTS, parse_json
 
@@ -26,12 +27,14 @@ from . import __version__, kserve, llm_api, schemas
 from .batch_access import BatchAccess
 from .batcher import DEFAULT_BATCHING, Batcher, BatchPolicy, Job
 from .fastpath import INTERNAL, inference_route, run_endpoint
+from .gateway import GATEWAY_PATH, PROBLEM_MEDIA_TYPE, ReplayGuard, SealedGateway
 from .http_protocol import Arrivals
 from .inference import InferenceEndpoints
 from .llm_service import LlmService
 from .metrics import Metrics, observe_llm
 from .model_stats import ModelStats
 from .runtime import LoadedModel
+from .sealed_inference import sealed_inference
 from .service import MAX_BATCH, EnclaveService, parse_nonce
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -41,6 +44,8 @@ _FIXED_LABELS = {
     "/infer": "infer",
     "/attestation": "attestation",
     "/models": "models",
+    "/.well-known/ohttp-gateway": "ohttp_gateway",
+    "/infer/sealed": "infer_sealed",
     "/receipts/batch": "receipts_batch",
     "/metrics": "metrics",
     "/v2": "v2",
@@ -101,7 +106,10 @@ async def _inference_reply(request: Request, v2_model: str | None, version: str 
     state = _state(request)
     headers = list(request.scope["headers"])
     body = await request.body()
-    status, payload, extra = await run_endpoint(state.endpoints, v2_model, body, headers, version)
+    salt = request.scope.get(SEALED_SALT)
+    status, payload, extra = await run_endpoint(
+        state.endpoints, v2_model, body, headers, salt, version=version
+    )
     reply = Response(payload, status_code=status, media_type=_JSON, headers=state.extra_headers)
     for key, value in extra:  # a content-type among them replaces the JSON one
         reply.headers[key.decode("latin-1")] = value.decode("latin-1")
@@ -156,6 +164,34 @@ def _whole(value: Any) -> int | None:
     if type(value) is float and value.is_integer() and abs(value) < 2**63:
         return int(value)
     return None
+
+
+async def get_ohttp_keys(request: Request) -> Response:
+    """The OHTTP key configuration (RFC 9458 section 3, `application/ohttp-keys`) of the attested X25519
+    key: `user_data[32:64]` of every attestation document is its public key."""
+    gateway: SealedGateway = _state(request).gateway
+    headers = {**_state(request).extra_headers, "Cache-Control": "max-age=300"}
+    return Response(gateway.keys_body, media_type=ohttp.KEYS_MEDIA_TYPE, headers=headers)
+
+
+async def post_ohttp_request(request: Request) -> Response:
+    """A sealed request (`message/ohttp-req`, RFC 9458): opened inside the enclave, served by the route it
+    names, answered sealed (`message/ohttp-res`); what cannot be opened is refused in problem+json.
+    (Served by the edge's fast path; documented and runnable here too.)"""
+    gateway: SealedGateway = _state(request).gateway
+    status, payload, extra = await gateway.handle(await request.body(), list(request.scope["headers"]))
+    reply = Response(payload, status_code=status)
+    for key, value in extra:
+        reply.headers[key.decode("latin-1")] = value.decode("latin-1")
+    return reply
+
+
+async def post_sealed_infer(request: Request) -> Response:
+    """For a relay serving an on-chain sealed request: run the model on an input sealed to the enclave's
+    X25519 key (protocol/sealing.py) and sign keccak256 of the sealed input and of the output posted."""
+    service = _service(request)
+    answer = sealed_inference(service, await request.body())
+    return json_response(answer, headers=_state(request).extra_headers)
 
 
 async def get_metrics(request: Request) -> Response:
@@ -298,6 +334,7 @@ def _errors(model: type[Any], *statuses: int) -> dict[int | str, dict[str, Any]]
 
 
 _E = schemas.ErrorBody
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 _V2E = schemas.V2ErrorBody
 
 
@@ -365,6 +402,36 @@ ROUTES: tuple[tuple[str, Any, str, dict[str, Any]], ...] = (
         },
     ),
     ("/models", get_models, "GET", {"responses": {200: {"model": schemas.ManifestBody}}}),
+    (
+        GATEWAY_PATH,
+        get_ohttp_keys,
+        "GET",
+        {"responses": {200: {"content": {ohttp.KEYS_MEDIA_TYPE: _BINARY}}}},
+    ),
+    (
+        GATEWAY_PATH,
+        post_ohttp_request,
+        "POST",
+        {
+            "responses": {
+                200: {"content": {ohttp.RESPONSE_MEDIA_TYPE: _BINARY}},
+                400: {"content": {PROBLEM_MEDIA_TYPE: {}}},
+                **_errors(_E, 413, 415),
+            },
+            "openapi_extra": {
+                "requestBody": {"required": True, "content": {ohttp.REQUEST_MEDIA_TYPE: _BINARY}}
+            },
+        },
+    ),
+    (
+        "/infer/sealed",
+        post_sealed_infer,
+        "POST",
+        {
+            "responses": {200: {"model": schemas.SealedInferResponse}, **_errors(_E, 400, 404, 413, 422)},
+            "openapi_extra": _body(schemas.SealedInferRequest),
+        },
+    ),
     (
         "/receipts/batch",
         post_receipts_batch,
@@ -446,6 +513,15 @@ def openapi_schema(api: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def _with_gateway(
+    gateway: SealedGateway, inference: FastRoute | None, method: str, path: str
+) -> FastHandler | None:
+    """The edge's fast route: the OHTTP gateway's POST and the inference routes."""
+    if method == "POST" and path == GATEWAY_PATH:
+        return gateway.handle
+    return None if inference is None else inference(method, path)
+
+
 def _claims(route: FastRoute, method: str, path: str) -> bool:
     return route(method, path) is not None
 
@@ -461,6 +537,7 @@ def create_app(
     llm: LlmService | None = None,
     batching: BatchPolicy | None = DEFAULT_BATCHING,
     arrivals: Arrivals | None = None,
+    replay: ReplayGuard | None = None,
 ) -> HttpEdge:
     """The ASGI app. `fast_path=False` serves inference through the FastAPI routes (for tests); `llm`
     serves the manifest's LLM behind the OpenAI-compatible /v1 routes; `batching=None` runs each request
@@ -523,16 +600,34 @@ def create_app(
         metrics.request_counter(endpoint, status).inc()
         metrics.observe_request(endpoint, seconds)
 
-    fast_route = inference_route(endpoints) if fast_path else None
+    inference = inference_route(endpoints) if fast_path else None
     if arrivals is not None:  # count what the batcher will see: the fast route's requests
-        arrivals.is_inference = None if fast_route is None else partial(_claims, fast_route)
+        arrivals.is_inference = None if inference is None else partial(_claims, inference)
         metrics.inference_in_flight.set_function(arrivals)
-    return HttpEdge(
-        api,
-        max_body=max_body,
-        access_log=access_log,
-        observe=observe,
-        on_error=on_error,
-        fast_route=fast_route,
-        fast_headers=api.state.extra_headers,
+    fast_headers = [(k.lower().encode(), v.encode()) for k, v in api.state.extra_headers.items()]
+
+    def edge(log: AccessLog, fast_route: FastRoute | None) -> HttpEdge:
+        return HttpEdge(
+            api,
+            max_body=max_body,
+            access_log=log,
+            observe=observe,
+            on_error=on_error,
+            fast_route=fast_route,
+            fast_headers=api.state.extra_headers,
+        )
+
+    # Requests opened by the gateway reach the same routes, limits and metrics, but write no access-log
+    # line: it would put a sealed request's path in the host-visible log.
+    gateway = SealedGateway(
+        service.sealing_key,
+        edge(AccessLog(None), inference),
+        fast_route=inference,
+        fast_headers=fast_headers,
+        replay=replay,
+        on_refusal=lambda code: metrics.error_counter(code).inc(),
     )
+    api.state.gateway = gateway
+    if fast_path:
+        return edge(access_log, partial(_with_gateway, gateway, inference))
+    return edge(access_log, None)

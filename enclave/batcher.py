@@ -59,6 +59,7 @@ class Job:
     inputs: Tensors
     request_id: bytes
     only: set[str] | None
+    salt: bytes | None  # a sealed request's commitment salt (protocol/sealing.py), else None
     future: asyncio.Future[InferenceResult] | None  # None: run at once, not queued
     queued: float = field(default_factory=time.perf_counter)
     # Filled by the flush: the result or the refusal, and when its batch started to run.
@@ -144,16 +145,21 @@ class Batcher:
         return self.max_batch if self.exact.get(name, False) else 1
 
     async def infer(
-        self, model: LoadedModel, inputs: Tensors, request_id: bytes, only: set[str] | None
+        self,
+        model: LoadedModel,
+        inputs: Tensors,
+        request_id: bytes,
+        only: set[str] | None,
+        salt: bytes | None = None,
     ) -> InferenceResult:
         alone = (
             not self._pending and self.window_s == 0 and self.arrivals is not None and self.arrivals() <= 1
         )
         if alone:  # the only inference request in the process: no batch to form, no future to wait on
-            return self._run_now(Job(model, inputs, request_id, only, None))
+            return self._run_now(Job(model, inputs, request_id, only, salt, None))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InferenceResult] = loop.create_future()
-        self._pending.append(Job(model, inputs, request_id, only, future))
+        self._pending.append(Job(model, inputs, request_id, only, salt, future))
         pending = len(self._pending)
         everyone = self.arrivals is not None and self.window_s == 0 and self.arrivals() <= pending
         if pending >= self.max_batch or everyone:  # `everyone`: nobody else can join this turn
@@ -239,7 +245,9 @@ class Batcher:
 
     def _sign(self, job: Job, outputs: Tensors) -> None:
         try:
-            job.result = self.service.sign_outputs(job.model, job.inputs, outputs, job.request_id, job.only)
+            job.result = self.service.sign_outputs(
+                job.model, job.inputs, outputs, job.request_id, job.only, salt=job.salt
+            )
         except Exception as exc:  # a 422 refusal, or the route's counted 500
             job.error = exc
 

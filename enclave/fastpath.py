@@ -33,13 +33,16 @@ async def run_endpoint(
     v2_model: str | None,
     body: bytes,
     headers: Headers,
+    salt: bytes | None = None,
+    *,
     version: str | None = None,
 ) -> Reply:
-    """One inference request to (status, body, headers); an unexpected failure is a counted 500."""
+    """One inference request to (status, body, headers); an unexpected failure is a counted 500. `salt`:
+    the request came sealed (enclave/gateway.py) and is signed over salted commitments."""
     try:
         if v2_model is None:
-            return await endpoints.infer(body, headers)
-        return await endpoints.v2_infer(v2_model, body, headers, version)
+            return await endpoints.infer(body, headers, salt)
+        return await endpoints.v2_infer(v2_model, body, headers, version, salt)
     except Exception:
         log.exception("inference failed unexpectedly")
         endpoints.metrics.error_counter(INTERNAL.code).inc()

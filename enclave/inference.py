@@ -80,18 +80,25 @@ class InferenceEndpoints:
             return 0
         return self.batcher.batch_limit(name)
 
-    async def infer(self, body: bytes, _headers: Headers = _NO_HEADERS) -> Reply:
-        """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt."""
+    async def infer(self, body: bytes, _headers: Headers = _NO_HEADERS, salt: bytes | None = None) -> Reply:
+        """POST /infer: {model, inputs, request_id?} -> outputs and a signed receipt (over salted
+        commitments for a sealed request, `salt`)."""
         track = _Track(time.perf_counter_ns())
-        return await self._answer(track, self._infer_reply(body, track), v2=False)
+        return await self._answer(track, self._infer_reply(body, track, salt), v2=False)
 
     async def v2_infer(
-        self, name: str, body: bytes, headers: Headers = _NO_HEADERS, version: str | None = None
+        self,
+        name: str,
+        body: bytes,
+        headers: Headers = _NO_HEADERS,
+        version: str | None = None,
+        salt: bytes | None = None,
     ) -> Reply:
         """POST /v2/models/{name}[/versions/{version}]/infer: the Open Inference Protocol, JSON or binary
         tensor data, receipt in `parameters`."""
         track = _Track(time.perf_counter_ns())
-        return await self._answer(track, self._v2_infer(name, version, body, headers, track), v2=True)
+        work = self._v2_infer(name, version, body, headers, track, salt=salt)
+        return await self._answer(track, work, v2=True)
 
     async def _answer(self, track: _Track, work: Awaitable[Reply], *, v2: bool) -> Reply:
         """The reply of `work`, or its refusal in the route family's shape; either way counted in stats."""
@@ -107,8 +114,8 @@ class InferenceEndpoints:
         self._record(track, ok=True)
         return reply
 
-    async def _infer_reply(self, body: bytes, track: _Track) -> Reply:
-        return 200, orjson.dumps(await self._infer(body, track), option=_NUMPY), _NO_HEADERS
+    async def _infer_reply(self, body: bytes, track: _Track, salt: bytes | None) -> Reply:
+        return 200, orjson.dumps(await self._infer(body, track, salt), option=_NUMPY), _NO_HEADERS
 
     def _record(self, track: _Track, *, ok: bool) -> None:
         if track.model is None:  # refused before a model was named: nothing to count against
@@ -127,7 +134,7 @@ class InferenceEndpoints:
             queue_ns=track.queue_ns,
         )
 
-    async def _infer(self, body: bytes, track: _Track) -> dict[str, Any]:
+    async def _infer(self, body: bytes, track: _Track, salt: bytes | None) -> dict[str, Any]:
         request = parse_json(body)
         if not isinstance(request, dict):
             raise bad_request("invalid_json", "body must be a JSON object {model, inputs, request_id?}")
@@ -136,7 +143,8 @@ class InferenceEndpoints:
         model = self.service.runtime.get(request["model"])
         track.model = model.entry.name
         inputs = self._inputs(model, request["inputs"], body, v2=False)
-        result = await self._run(model, inputs, parse_request_id(request.get("request_id")), None, track)
+        request_id = parse_request_id(request.get("request_id"))
+        result = await self._run(model, inputs, request_id, None, track, salt=salt)
         return {
             "model": model.entry.name,
             "model_version": model.entry.version,
@@ -146,7 +154,14 @@ class InferenceEndpoints:
         }
 
     async def _v2_infer(
-        self, name: str, version: str | None, body: bytes, headers: Headers, track: _Track
+        self,
+        name: str,
+        version: str | None,
+        body: bytes,
+        headers: Headers,
+        track: _Track,
+        *,
+        salt: bytes | None,
     ) -> Reply:
         model = self.service.runtime.get(name)
         kserve.check_version(model.entry, version)
@@ -164,7 +179,8 @@ class InferenceEndpoints:
         inputs = self._inputs(model, request["inputs"], body, v2=True, raw=raw)
         raw.finish()
         wanted, binary = kserve.requested_outputs(request, model.output_names)
-        result = await self._run(model, inputs, parse_request_id(parameters.get("request_id")), wanted, track)
+        request_id = parse_request_id(parameters.get("request_id"))
+        result = await self._run(model, inputs, request_id, wanted, track, salt=salt)
         response: dict[str, Any] = {"model_name": model.entry.name, "model_version": model.entry.version}
         if "id" in request:
             response["id"] = request["id"]  # checked to be a string before any work
@@ -197,6 +213,8 @@ class InferenceEndpoints:
         request_id: bytes,
         only: set[str] | None,
         track: _Track,
+        *,
+        salt: bytes | None = None,
     ) -> InferenceResult:
         name = model.entry.name
         track.parsed = time.perf_counter_ns()
@@ -206,10 +224,10 @@ class InferenceEndpoints:
             outputs = model.run(dict(inputs))
             self.stats.record_execution(name, 1, time.perf_counter_ns() - track.parsed)
             track.queue_ns = 0
-            result = self.service.sign_outputs(model, inputs, outputs, request_id, only)
+            result = self.service.sign_outputs(model, inputs, outputs, request_id, only, salt=salt)
             self.service.record(result.receipt)
         else:
-            result = await self.batcher.infer(model, inputs, request_id, only)
+            result = await self.batcher.infer(model, inputs, request_id, only, salt)
         track.ran = time.perf_counter_ns()
         latency, count = self.metrics.model_series(name)
         latency.observe((track.ran - track.parsed) / 1e9)

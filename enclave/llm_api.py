@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
+from protocol.edge import SEALED_SALT
 from protocol.errors import RequestError
 from protocol.llm import REQUEST_ID_HEADER
 
@@ -45,7 +46,10 @@ async def list_models(request: Request) -> Response:
 async def _generate(request: Request, *, chat: bool) -> Response:
     service = _llm(request)
     plan = service.plan(
-        await request.body(), chat=chat, request_id_header=request.headers.get(REQUEST_ID_HEADER)
+        await request.body(),
+        chat=chat,
+        request_id_header=request.headers.get(REQUEST_ID_HEADER),
+        salt=request.scope.get(SEALED_SALT),
     )
     headers = {**_headers(request), REQUEST_ID_HEADER: "0x" + plan.request_id.hex()}
     if plan.stream:

@@ -33,6 +33,7 @@ from protocol.errors import RequestError, bad_request, not_found
 from protocol.inputs import parse_json
 from protocol.manifest import ModelEntry
 from protocol.receipts import Receipt, SignedReceipt, sign_receipt
+from protocol.sealing import commit_input, commit_output
 
 from .llm_engine import EngineFull, LlmEngine, SamplingParams
 from .llm_schemas import ChatCompletionRequest, CompletionRequest
@@ -59,6 +60,7 @@ class Plan:
     stream: bool
     include_usage: bool
     created: int
+    salt: bytes | None = None  # sealed (enclave/gateway.py): receipts commit to the hashes with it
 
     @property
     def completion_id(self) -> str:
@@ -153,8 +155,11 @@ class LlmService:
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def plan(self, body: bytes, *, chat: bool, request_id_header: str | None) -> Plan:
-        """Parse and check a request body; every refusal is an OpenAI-shaped 4xx."""
+    def plan(
+        self, body: bytes, *, chat: bool, request_id_header: str | None, salt: bytes | None = None
+    ) -> Plan:
+        """Parse and check a request body; every refusal is an OpenAI-shaped 4xx. A sealed request's
+        receipts are over salted commitments (`salt`), and the chain starts from the input commitment."""
         raw = parse_json(body)
         if not isinstance(raw, dict):
             raise bad_request("invalid_request", "body must be a JSON object")
@@ -203,13 +208,14 @@ class LlmService:
             chat=chat,
             request_id=request_id,
             body=body,
-            input_hash=llm.input_hash(body),
+            input_hash=llm.input_hash(body) if salt is None else commit_input(salt, llm.input_hash(body)),
             prompt=prompt,
             params=params,
             stops=stops,
             stream=request.stream,
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
             created=int(time.time()),
+            salt=salt,
         )
 
     def _refuse_unsupported(self, request: ChatCompletionRequest | CompletionRequest) -> None:
@@ -310,7 +316,10 @@ class LlmService:
         return sign_receipt(self.enclave.key, receipt)
 
     def final_receipt(self, plan: Plan, text: str, finish: str, tokens: int) -> SignedReceipt:
-        signed = self._sign(plan, llm.output_hash(text, finish, len(plan.prompt), tokens))
+        output_hash = llm.output_hash(text, finish, len(plan.prompt), tokens)
+        if plan.salt is not None:
+            output_hash = commit_output(plan.salt, output_hash)
+        signed = self._sign(plan, output_hash)
         self.enclave.record(signed)
         return signed
 
@@ -468,6 +477,10 @@ class LlmService:
     # --- GET /v1/signature/{id} ----------------------------------------------------------------------
 
     def _remember(self, plan: Plan, response: bytes) -> None:
+        """Keep sha256(request):sha256(response) for GET /v1/signature, which anyone may ask: never for a
+        sealed request, whose hashes would let a guessed prompt be confirmed."""
+        if plan.salt is not None:
+            return
         self.signatures[plan.completion_id] = llm.signature_text(plan.body, response)
         while len(self.signatures) > SIGNATURES_KEPT:
             self.signatures.popitem(last=False)

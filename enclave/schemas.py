@@ -162,7 +162,32 @@ class AttestationResponse(BaseModel):
     enclave: str
     publicKey: str
     manifestDigest: str
+    encryptionKey: str = Field(
+        description="0x hex X25519 public key requests are sealed to (the attested user_data[32:64]); "
+        "its OHTTP key configuration is at GET /.well-known/ohttp-gateway"
+    )
     summary: AttestationSummary
+
+
+class SealedInferRequest(BaseModel):
+    """POST /infer/sealed: an on-chain request's input, sealed to the enclave (docs/PROTOCOL.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    sealed_input: str = Field(description="0x hex: 0x01 || u16 aead || enc || HPKE ciphertext of the inputs")
+    request_id: str | None = Field(default=None, description="0x hex, 32 bytes (the fulfilment id)")
+    output_key: str | None = Field(
+        default=None, description="0x hex X25519 public key to seal the output to; null: clear output"
+    )
+
+
+class SealedInferResponse(BaseModel):
+    model: str
+    model_version: str
+    output: str = Field(description="0x hex: the bytes to post on chain (sealed when output_key was given)")
+    sealed_output: bool
+    receipt: Receipt
+    simulated: bool
 
 
 class TensorSpecBody(BaseModel):

@@ -17,10 +17,13 @@ from attestation.document import decode
 from attestation.nsm import NsmClient
 from protocol import merkle
 from protocol.addresses import checksum_address
+from protocol.binding import attested_user_data
 from protocol.errors import RequestError, bad_request, unprocessable
 from protocol.hashing import keccak256
+from protocol.hpke import SealingKey
 from protocol.manifest import Manifest
 from protocol.receipts import Receipt, SignedReceipt, batch_digest, sign_receipt
+from protocol.sealing import commit_input, commit_output
 from protocol.tensors import encode_tensors
 
 from .runtime import LoadedModel, ModelRuntime
@@ -65,8 +68,20 @@ def parse_nonce(value: str | None) -> bytes | None:
     return nonce
 
 
+def check_finite(model: LoadedModel, outputs: list[tuple[str, np.ndarray]]) -> None:
+    """Refuse (422) an answer holding NaN or Inf: never signed, since no consumer could act on it."""
+    for name, array in outputs:
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise unprocessable(
+                "non_finite_output",
+                f"{model.entry.name} produced a non-finite value in {name!r} for this input; "
+                "nothing was signed",
+            )
+
+
 class EnclaveService:
-    """Owns the enclave key. Boot order: key, attestation binding it and the manifest, models warmed."""
+    """Owns the enclave's keys: the secp256k1 signing key and the X25519 key requests are sealed to. Boot
+    order: keys, attestation binding both and the manifest, models warmed."""
 
     def __init__(
         self, manifest: Manifest, nsm: NsmClient, *, receipt_log_size: int = RECEIPT_LOG_SIZE
@@ -78,8 +93,10 @@ class EnclaveService:
         self.nsm = nsm
         self.simulated = nsm.simulated
         self.key = EnclaveKey()
+        self.sealing_key = SealingKey.generate()
         self.manifest_digest = manifest.digest
-        self.boot_document = nsm.attestation(user_data=self.manifest_digest, public_key=self.key.public_key64)
+        self.user_data = attested_user_data(self.manifest_digest, self.sealing_key.public_key)
+        self.boot_document = nsm.attestation(user_data=self.user_data, public_key=self.key.public_key64)
         self.runtime = ModelRuntime(manifest)
         self.address = checksum_address(self.key.address)
         self.ready = True
@@ -109,30 +126,37 @@ class EnclaveService:
         outputs: list[tuple[str, np.ndarray]],
         request_id: bytes,
         only: set[str] | None,
+        *,
+        salt: bytes | None = None,
     ) -> InferenceResult:
         """Hash and sign one request's outputs, without recording them: the dynamic batcher signs each
-        request of a batch and records the receipts as it answers them, in answer order.
+        request of a batch and records the receipts as it answers them, in answer order. A sealed request
+        (`salt`) is signed over salted commitments to its hashes, so the public receipt hides its tensors.
 
         A model can overflow to NaN/Inf on finite inputs (an MLP fed 1e38); such an answer is refused
         with 422 and never signed, because JSON cannot carry it and no consumer could act on it.
         """
         if only is not None:
             outputs = [(name, array) for name, array in outputs if name in only]
-        for name, array in outputs:
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise unprocessable(
-                    "non_finite_output",
-                    f"{model.entry.name} produced a non-finite value in {name!r} for this input; "
-                    "nothing was signed",
-                )
+        check_finite(model, outputs)
+        input_hash = keccak256(encode_tensors(inputs))
+        output_hash = keccak256(encode_tensors(outputs))
+        if salt is not None:
+            input_hash, output_hash = commit_input(salt, input_hash), commit_output(salt, output_hash)
+        return InferenceResult(model, outputs, self.sign(model, request_id, input_hash, output_hash))
+
+    def sign(
+        self, model: LoadedModel, request_id: bytes, input_hash: bytes, output_hash: bytes
+    ) -> SignedReceipt:
+        """A receipt over hashes the caller computed, stamped now."""
         receipt = Receipt(
             request_id=request_id,
             model_hash=model.entry.model_hash,
-            input_hash=keccak256(encode_tensors(inputs)),
-            output_hash=keccak256(encode_tensors(outputs)),
+            input_hash=input_hash,
+            output_hash=output_hash,
             timestamp_ms=time.time_ns() // 1_000_000,
         )
-        return InferenceResult(model, outputs, sign_receipt(self.key, receipt))
+        return sign_receipt(self.key, receipt)
 
     def record(self, signed: SignedReceipt) -> None:
         """Keep a final receipt for batch anchoring (POST /receipts/batch)."""
@@ -167,10 +191,8 @@ class EnclaveService:
         }
 
     def attestation(self, nonce: bytes | None) -> bytes:
-        """A fresh document with the caller's nonce, binding the same key and manifest digest."""
-        return self.nsm.attestation(
-            user_data=self.manifest_digest, nonce=nonce, public_key=self.key.public_key64
-        )
+        """A fresh document with the caller's nonce, binding the same keys and manifest digest."""
+        return self.nsm.attestation(user_data=self.user_data, nonce=nonce, public_key=self.key.public_key64)
 
     def attestation_json(self, document: bytes) -> dict[str, Any]:
         doc = decode(document).document
@@ -184,6 +206,7 @@ class EnclaveService:
             "enclave": self.address,
             "publicKey": "0x" + self.key.public_key64.hex(),
             "manifestDigest": "0x" + self.manifest_digest.hex(),
+            "encryptionKey": "0x" + self.sealing_key.public_key.hex(),
             "summary": {
                 "module_id": doc.module_id,
                 "timestamp_ms": doc.timestamp_ms,

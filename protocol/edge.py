@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .compression import MIN_COMPRESSED_SIZE, accepted_encoding, decode_body, encode_body
 from .errors import RequestError
@@ -37,6 +38,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Scope key of a request that arrived sealed (enclave/gateway.py): its 32-byte commitment salt. Only the
+# gateway sets it, on the inner request it decrypted; no header of a clear request can.
+SEALED_SALT = "verinfer.sealed_salt"
 # Accepted from callers as is (so a client's trace id survives); anything else is replaced by a fresh id.
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 V2_PREFIX = "/v2"
@@ -172,7 +176,8 @@ class _Disconnected(Exception):
 Headers = list[tuple[bytes, bytes]]
 # (status, body, headers): JSON unless the headers name another content-type.
 FastReply = tuple[int, bytes, Headers]
-FastHandler = Callable[[bytes, Headers], Awaitable[FastReply]]
+# (body, headers, sealing salt) -> reply; the salt is the scope's SEALED_SALT (None for a clear request).
+FastHandler = Callable[[bytes, Headers, bytes | None], Awaitable[FastReply]]
 FastRoute = Callable[[str, str], FastHandler | None]
 _CONTENT_TYPE = b"content-type"
 _JSON_TYPE = (_CONTENT_TYPE, b"application/json")
@@ -276,7 +281,7 @@ class HttpEdge:
             else:
                 handler = None if self.fast_route is None else self.fast_route(scope["method"], scope["path"])
                 if handler is not None:
-                    status, payload, extra = await handler(body, scope["headers"])
+                    status, payload, extra = await handler(body, scope["headers"], scope.get(SEALED_SALT))
                     headers = [*extra, *self.fast_headers, (REQUEST_ID_HEADER, request_id)]
                     if not any(key == _CONTENT_TYPE for key, _ in extra):
                         headers.append(_JSON_TYPE)
@@ -393,6 +398,15 @@ async def _send_error(send: Send, error: RequestError, path: str) -> None:
 _HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """Every method some route of this path answers (the Allow header of a 405)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(
     app: FastAPI,
     *,
@@ -420,11 +434,14 @@ def install_error_handlers(
         assert isinstance(exc, StarletteHTTPException)
         status = exc.status_code
         message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
+        headers = dict(exc.headers or {})
+        if status == 405:  # Starlette names the first route of the path only; a path may have several
+            headers["Allow"] = _allowed_methods(app, request.scope)
         error = RequestError(
             status,
             _HTTP_CODES.get(status, f"http_{status}"),
             message.get(status, str(exc.detail)),
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
         return respond(request, error)
 

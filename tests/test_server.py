@@ -89,7 +89,10 @@ def test_attestation_binds_key_manifest_and_nonce(server: str, server_pki: Path)
     result = verify(document, Policy(root=root_of(server_pki), expected_nonce=b"\x01\x02", max_age_s=30))
     assert result.public_key is not None
     assert checksum_address(address_of(result.public_key)) == body["enclave"]
-    assert result.user_data == load_manifest(MODELS).digest == bytes.fromhex(body["manifestDigest"][2:])
+    # user_data = manifest digest || the X25519 key requests are sealed to (protocol/binding.py)
+    assert result.user_data is not None
+    assert result.user_data[:32] == load_manifest(MODELS).digest == bytes.fromhex(body["manifestDigest"][2:])
+    assert result.user_data[32:] == bytes.fromhex(body["encryptionKey"][2:])
     assert body["summary"]["nonce"] == "0102"
     with pytest.raises(Exception, match="root_not_trusted"):
         verify(document, Policy())

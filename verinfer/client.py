@@ -10,6 +10,10 @@ only after its receipt verifies against that enclave; any failure raises a Verif
     ReceiptError       no usable receipt; ForgedReceiptError: it does not match the answer;
                        UnknownSignerError: signed by a key no fresh attestation binds
 
+`Client(..., sealed=True)` sends every call as an Oblivious HTTP request sealed to the enclave's attested
+X25519 key (verinfer/client_sealed.py), so the host and anything on the way see only ciphertext; its
+receipts commit to the hashes with a per-request salt that only the client and the enclave know.
+
 `chat_stream` / `complete_stream` yield streamed text only as far as a signed checkpoint or the final
 receipt vouches for it. `verify_openai` checks a completion obtained with the `openai` client.
 
@@ -38,6 +42,7 @@ import httpx
 import orjson
 
 from attestation import Policy
+from protocol.ohttp import KeyConfig
 
 from .client_core import (
     Attested,
@@ -69,6 +74,7 @@ from .client_llm import (
     llm_body,
     openai_exchange,
 )
+from .client_sealed import GATEWAY_PATH, KEYS_HEADERS, REQUEST_HEADERS, bound_key_config, seal_request
 
 __all__ = [
     "AsyncClient",
@@ -107,9 +113,13 @@ class _Base:
     chain only proves that *some* enclave signed, and anyone can launch an enclave running their own code
     under the same root. PCR0-2 (`Policy(expected_pcrs=...)`) or an image id name the code you trust."""
 
-    def __init__(self, trust: Policy | None, image_ids: Iterable[bytes | str], allow_any_image: bool) -> None:
+    def __init__(
+        self, trust: Policy | None, image_ids: Iterable[bytes | str], allow_any_image: bool, sealed: bool
+    ) -> None:
         self._trust = make_trust(trust, image_ids, allow_any_image)
         self._attested: Attested | None = None
+        self._sealed = sealed
+        self._key_config: KeyConfig | None = None
 
 
 class Client(_Base):
@@ -126,8 +136,9 @@ class Client(_Base):
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         headers: dict[str, str] | None = None,
+        sealed: bool = False,
     ) -> None:
-        super().__init__(trust, image_ids, allow_any_image)
+        super().__init__(trust, image_ids, allow_any_image, sealed)
         self._first_contact = threading.Lock()  # threads sharing a client attest once
         self._http = httpx.Client(base_url=url, timeout=timeout, transport=transport, headers=headers)
 
@@ -146,8 +157,22 @@ class Client(_Base):
         answer = self._http.get("/attestation", params={"nonce": nonce.hex()}, headers=_CBOR)
         document, verified, at = check_document(_content(answer), nonce, self._trust)
         manifest = bind_manifest(verified, _content(self._http.get("/models")))
+        if self._sealed:  # the gateway's key must be the attested one before anything is sealed
+            keys = _content(self._http.get(GATEWAY_PATH, headers=KEYS_HEADERS))
+            self._key_config = bound_key_config(verified, keys)
         self._attested = Attested(document, verified, manifest, nonce, at)
         return self._attested
+
+    def _post(self, path: str, body: bytes) -> tuple[bytes, bytes | None]:
+        """POST `body` to `path`, sealed to the attested key when the client seals; the answer's body and
+        the salt its receipt commits with (None when sent in clear)."""
+        if not self._sealed:
+            return _content(self._http.post(path, content=body, headers=_JSON)), None
+        self.attestation  # noqa: B018 - the key configuration is checked when attesting
+        assert self._key_config is not None
+        exchange = seal_request(self._key_config, path, body)
+        answer = self._http.post(GATEWAY_PATH, content=exchange.enc_request, headers=REQUEST_HEADERS)
+        return exchange.open(answer.status_code, answer.content), exchange.salt
 
     @property
     def attestation(self) -> Attested:
@@ -171,17 +196,19 @@ class Client(_Base):
         self.attestation  # noqa: B018 - attest before sending anything
         request = infer_body(model, inputs, request_id)
         body = orjson.dumps(request)
-        content = _content(self._http.post("/infer", content=body, headers=_JSON))
+        content, salt = self._post("/infer", body)
         sent = orjson.loads(body)
-        return self._checked(lambda att, final: check_infer(att, self._trust, sent, content, final=final))
+        return self._checked(
+            lambda att, final: check_infer(att, self._trust, sent, content, final=final, salt=salt)
+        )
 
     def _generate(
         self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
     ) -> Completion:
         body = llm_body(self.attestation.manifest, model, fields, options)
-        content = _content(self._http.post(path, content=body, headers=_JSON))
+        content, salt = self._post(path, body)
         return self._checked(
-            lambda att, final: check_completion(att, self._trust, body, content, final=final)
+            lambda att, final: check_completion(att, self._trust, body, content, final=final, salt=salt)
         )
 
     def chat(self, messages: list[dict[str, Any]], *, model: str | None = None, **options: Any) -> Completion:
@@ -207,6 +234,10 @@ class Client(_Base):
     def _stream(
         self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
     ) -> TextStream:
+        if self._sealed:
+            raise ValueError(
+                "a sealed client answers whole completions (OHTTP is one message): use chat()/complete()"
+            )
         body = llm_body(self.attestation.manifest, model, fields, options, stream=True)
         verifier = StreamVerifier(self._trust, body)
         return TextStream(verifier, self._pieces(path, body, verifier))
@@ -253,7 +284,7 @@ class AsyncClient(_Base):
         transport: httpx.AsyncBaseTransport | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(trust, image_ids, allow_any_image)
+        super().__init__(trust, image_ids, allow_any_image, sealed=False)
         self._first_contact = asyncio.Lock()  # concurrent first requests attest once
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, headers=headers)
 

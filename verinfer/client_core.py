@@ -34,7 +34,14 @@ from .client_errors import (
     StaleNonceError,
     UnknownSignerError,
 )
-from .verify import VerificationReport, is_pinned, manifest_from_json, parse_image_id, verify_inference
+from .verify import (
+    VerificationReport,
+    attested_manifest_digest,
+    is_pinned,
+    manifest_from_json,
+    parse_image_id,
+    verify_inference,
+)
 
 NONCE_BYTES = 32
 # Checks that must each *pass* (not be skipped) before an answer is returned.
@@ -136,8 +143,8 @@ def bind_manifest(verified: VerifiedAttestation, content: bytes) -> Manifest:
         manifest = manifest_from_json(orjson.loads(content))
     except (orjson.JSONDecodeError, ManifestError) as exc:
         raise AttestationError("manifest_mismatch", f"GET /models is not a manifest: {exc}") from exc
-    if manifest.digest != verified.user_data:
-        raise AttestationError("manifest_mismatch", "the digest of GET /models is not the attested user_data")
+    if manifest.digest != attested_manifest_digest(verified.user_data):
+        raise AttestationError("manifest_mismatch", "the digest of GET /models is not the attested one")
     return manifest
 
 
@@ -206,9 +213,10 @@ def infer_body(model: str, inputs: Any, request_id: bytes | str | None) -> dict[
 
 
 def check_infer(
-    attested: Attested, trust: Trust, request: Any, content: bytes, *, final: bool
+    attested: Attested, trust: Trust, request: Any, content: bytes, *, final: bool, salt: bytes | None = None
 ) -> InferResult:
-    """Verify an /infer answer to `request` (the parsed JSON of exactly what was sent)."""
+    """Verify an /infer answer to `request` (the parsed JSON of exactly what was sent; `salt`: it was
+    sealed, and the receipt commits to its hashes with this salt)."""
     try:
         response = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
@@ -223,6 +231,7 @@ def check_infer(
         image_ids=trust.image_ids,
         allow_any_image=trust.allow_any_image,
         verified=attested.verified,  # verified once, when the client attested
+        salt=salt,
     )
     require(report, INFER_CHECKS, final=final)
     outputs = {name: array for name, array in tensors_from_json(response["outputs"], "output")}

@@ -62,9 +62,16 @@ def llm_body(
 
 
 def check_completion(
-    attested: Attested, trust: Trust, request_body: bytes, content: bytes, *, final: bool
+    attested: Attested,
+    trust: Trust,
+    request_body: bytes,
+    content: bytes,
+    *,
+    final: bool,
+    salt: bytes | None = None,
 ) -> Completion:
-    """Verify a whole /v1 completion (JSON, or a complete SSE transcript) against the exact request bytes."""
+    """Verify a whole /v1 completion (JSON, or a complete SSE transcript) against the exact request bytes
+    (and, for a sealed request, its salt)."""
     report = verify_completion(
         request_body,
         content,
@@ -74,6 +81,7 @@ def check_completion(
         manifest=attested.manifest,
         image_ids=trust.image_ids,
         allow_any_image=trust.allow_any_image,
+        salt=salt,
     )
     streamed = is_sse(content)  # an SSE transcript saved from a streamed openai response
     require(report, STREAM_CHECKS if streamed else LLM_CHECKS, final=final)

@@ -21,21 +21,24 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
 from attestation import AttestationError, Policy, VerifiedAttestation, decode, verify
 from attestation.encoding import read_document_bytes
 from protocol.addresses import address_of, checksum_address
+from protocol.binding import BindingError, split_user_data
 from protocol.errors import RequestError
 from protocol.hashing import keccak256
 from protocol.images import image_id
 from protocol.inputs import parse_inputs
 from protocol.manifest import Manifest, ModelEntry, parse_manifest
 from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
+from protocol.sealing import commit_input, commit_output
 from protocol.tensors import BY_V2, encode_tensors, tensors_from_json
 
 Status = Literal["pass", "fail", "skipped"]
@@ -278,13 +281,16 @@ def verify_inference(
     image_ids: Collection[bytes] = (),
     allow_any_image: bool = False,
     verified: VerifiedAttestation | None = None,
+    salt: bytes | None = None,
 ) -> VerificationReport:
     """Check everything the evidence allows; see the module docstring.
 
     `model` names the model the request was sent to when the request does not (a V2 request, whose model is
     in the URL). `image_ids` pins the image like PCR0-2 do (any of them is accepted). `verified` is the
     result of `attestation.verify(attestation, policy, at)` when the caller has already run it for this
-    document (verinfer.client, once per enclave): the chain is then not verified again for every receipt."""
+    document (verinfer.client, once per enclave): the chain is then not verified again for every receipt.
+    `salt` is a sealed request's commitment salt: its receipt commits to the hashes (protocol/sealing.py)."""
+    seal_in, seal_out = commitments(salt)
     report = VerificationReport(
         simulated=not policy.root.is_aws,
         pinned=is_pinned(policy, image_ids),
@@ -305,8 +311,10 @@ def verify_inference(
 
     try:
         recomputed = output_hash(response.get("outputs"))
-        status: Status = "pass" if recomputed == receipt.output_hash else "fail"
-        report.add("output_hash", status, f"keccak256 of the returned outputs is 0x{recomputed.hex()}")
+        status: Status = "pass" if seal_out(recomputed) == receipt.output_hash else "fail"
+        report.add(
+            "output_hash", status, f"keccak256 of the returned outputs is 0x{recomputed.hex()}{_salted(salt)}"
+        )
     except (ValueError, TypeError, KeyError) as exc:
         report.add("output_hash", "fail", f"cannot recompute: {exc}")
 
@@ -317,7 +325,7 @@ def verify_inference(
     claimed = response_model(response)
     name = requested or claimed
     entry = manifest.models.get(name) if manifest is not None and name is not None else None
-    _check_inputs(report, request, entry, receipt.input_hash, manifest=manifest, name=name)
+    _check_inputs(report, request, entry, receipt.input_hash, manifest=manifest, name=name, seal=seal_in)
     _check_model(
         report,
         manifest=manifest,
@@ -421,6 +429,7 @@ def _check_inputs(
     *,
     manifest: Manifest | None,
     name: str | None,
+    seal: Commitment,
 ) -> None:
     if request is None:
         report.add("input_hash", "skipped", "no request given: inputs not checked")
@@ -439,7 +448,7 @@ def _check_inputs(
                 "needs the model's input signature from the manifest (give --manifest)",
             )
             return
-        _check_described_inputs(report, inputs, expected)
+        _check_described_inputs(report, inputs, expected, seal)
         return
     try:
         parsed = parse_inputs(entry, inputs)
@@ -449,12 +458,14 @@ def _check_inputs(
     recomputed = keccak256(encode_tensors(parsed))
     report.add(
         "input_hash",
-        "pass" if recomputed == expected else "fail",
+        "pass" if seal(recomputed) == expected else "fail",
         f"keccak256 of the request's inputs is 0x{recomputed.hex()}",
     )
 
 
-def _check_described_inputs(report: VerificationReport, inputs: list[Any], expected: bytes) -> None:
+def _check_described_inputs(
+    report: VerificationReport, inputs: list[Any], expected: bytes, seal: Commitment
+) -> None:
     """Inputs encoded from their own datatype and shape (no manifest): the enclave hashes them in the
     model's declared order, so with several inputs each order is tried (a match in any order is a proof)."""
     try:
@@ -466,7 +477,7 @@ def _check_described_inputs(report: VerificationReport, inputs: list[Any], expec
     orders = itertools.permutations(tensors) if len(tensors) <= MAX_UNORDERED_INPUTS else iter([tensors])
     for order in orders:
         recomputed = keccak256(encode_tensors(list(order)))
-        if recomputed == expected:
+        if seal(recomputed) == expected:
             report.add(
                 "input_hash",
                 "pass",
@@ -479,6 +490,33 @@ def _check_described_inputs(report: VerificationReport, inputs: list[Any], expec
         f"keccak256 of the request's self-describing inputs is 0x{first.hex()} (no manifest"
         + (", every order tried)" if 1 < len(tensors) <= MAX_UNORDERED_INPUTS else ")"),
     )
+
+
+Commitment = Callable[[bytes], bytes]
+
+
+def _unchanged(digest: bytes) -> bytes:
+    return digest
+
+
+def commitments(salt: bytes | None) -> tuple[Commitment, Commitment]:
+    """What a receipt's inputHash and outputHash are of the plain hashes: themselves, or for a sealed
+    request their salted commitments (protocol/sealing.py)."""
+    if salt is None:
+        return _unchanged, _unchanged
+    return partial(commit_input, salt), partial(commit_output, salt)
+
+
+def _salted(salt: bytes | None) -> str:
+    return "" if salt is None else " (committed with the sealed request's salt)"
+
+
+def attested_manifest_digest(user_data: bytes | None) -> bytes | None:
+    """The manifest digest an attested user_data names (protocol/binding.py), None if it names none."""
+    try:
+        return split_user_data(user_data).manifest_digest
+    except BindingError:
+        return None
 
 
 def _check_model(
@@ -518,8 +556,8 @@ def _check_model(
             f"no manifest given: modelHash not tied to the attested model set ({source}: {name})",
         )
         return
-    if user_data != manifest.digest:
-        report.add("model", "fail", "the manifest's digest is not the attested user_data")
+    if attested_manifest_digest(user_data) != manifest.digest:
+        report.add("model", "fail", "the manifest's digest is not the attested user_data (its first 32 bytes)")
         return
     if name is None:
         report.add("model", "fail", "no model named: give the request (or --model NAME)")

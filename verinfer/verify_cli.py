@@ -110,8 +110,22 @@ def _verify_llm(args: argparse.Namespace, response: bytes) -> int:
         manifest=manifest,
         image_ids=image_ids,
         allow_any_image=args.allow_any_image,
+        salt=_salt(args),
     )
     return _print_report(args, report)
+
+
+def _salt(args: argparse.Namespace) -> bytes | None:
+    """--salt: the commitment salt of a sealed request (its Verinfer-Input-Salt)."""
+    if args.salt is None:
+        return None
+    try:
+        salt = bytes.fromhex(args.salt.removeprefix("0x"))
+    except ValueError as exc:
+        raise UsageError(f"--salt is not hex: {exc}") from exc
+    if len(salt) != 32:
+        raise UsageError("--salt is 32 bytes (64 hex digits)")
+    return salt
 
 
 def _print_report(args: argparse.Namespace, report: Any) -> int:
@@ -147,6 +161,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         model=args.model,
         image_ids=image_ids,
         allow_any_image=args.allow_any_image,
+        salt=_salt(args),
     )
     return _print_report(args, report)
 
@@ -177,6 +192,11 @@ def register(subparsers: Any) -> None:
         "--model",
         metavar="NAME",
         help="the model the request was sent to, when the request does not say (V2: the NAME in the URL)",
+    )
+    check.add_argument(
+        "--salt",
+        metavar="0xHEX",
+        help="a sealed request's commitment salt (its Verinfer-Input-Salt); the receipt commits to it",
     )
     pins = check.add_argument_group("image pin (one is required for VERIFIED)")
     pins.add_argument(

@@ -24,7 +24,7 @@ from protocol import llm
 from protocol.manifest import Manifest
 from protocol.receipts import ReceiptError, SignedReceipt
 
-from .verify import Status, VerificationReport, _check_model, check_signer, is_pinned
+from .verify import Commitment, Status, VerificationReport, _check_model, check_signer, commitments, is_pinned
 
 
 @dataclass
@@ -150,11 +150,15 @@ def verify_completion(
     manifest: Manifest | None = None,
     image_ids: Collection[bytes] = (),
     allow_any_image: bool = False,
+    salt: bytes | None = None,
 ) -> VerificationReport:
+    """`salt`: the commitment salt of a sealed request (protocol/sealing.py); its receipt, chain and
+    checkpoints start from the salted input commitment."""
+    seal_in, seal_out = commitments(salt)
     report = VerificationReport(
         simulated=not policy.root.is_aws, pinned=is_pinned(policy, image_ids), allow_any_image=allow_any_image
     )
-    input_digest = llm.input_hash(request_body) if request_body is not None else None
+    input_digest = seal_in(llm.input_hash(request_body)) if request_body is not None else None
     try:
         transcript = read_stream(response, input_digest) if is_sse(response) else read_completion(response)
     except (ValueError, orjson.JSONDecodeError) as exc:
@@ -187,7 +191,7 @@ def verify_completion(
             report.add("chain", "fail", f"the hash chain breaks at {transcript.chain_break}")
         else:
             report.add("chain", "pass", "every chunk's chain recomputes from the text received")
-    _check_output(report, transcript, checkpoint, receipt.output_hash)
+    _check_output(report, transcript, checkpoint, receipt.output_hash, seal_out)
 
     requested: str | None = None
     if request_body is not None:
@@ -210,7 +214,11 @@ def verify_completion(
 
 
 def _check_output(
-    report: VerificationReport, transcript: Transcript, checkpoint: Checkpoint | None, actual: bytes
+    report: VerificationReport,
+    transcript: Transcript,
+    checkpoint: Checkpoint | None,
+    actual: bytes,
+    seal: Commitment,
 ) -> None:
     if transcript.receipt is not None:
         counts = _counts(transcript.usage)
@@ -222,7 +230,7 @@ def _check_output(
         except llm.CompletionError as exc:
             report.add("output_hash", "fail", str(exc))
             return
-        status: Status = "pass" if recomputed == actual else "fail"
+        status: Status = "pass" if seal(recomputed) == actual else "fail"
         report.add(
             "output_hash",
             status,
