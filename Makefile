@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup llm test lint typecheck pytest demo bench bench-load bench-llm chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
+.PHONY: setup llm test lint typecheck pytest demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
 
 setup: $(STAMP) $(NPM_STAMP) image-tools llm
 
@@ -70,10 +70,15 @@ bench: setup
 	$(BIN)/python -m bench.bench_server
 	$(BIN)/python -m bench.bench_gas
 	$(BIN)/python -m bench.bench_load
+	$(BIN)/python -m bench.bench_sealed
 
 # Signed /infer against an idiomatic unsigned FastAPI + pydantic + onnxruntime server, at 1 and 16 connections
 bench-load: setup
 	$(BIN)/python -m bench.bench_load
+
+# Sealed (Oblivious HTTP) against clear /infer on one server, at 1 and 16 connections (goal: +100 us at most)
+bench-sealed: setup
+	$(BIN)/python -m bench.bench_sealed
 
 # The LLM against llama-cpp-python and llama-server on the same GGUF (builds both into build/bench-cache/
 # the first time, ~15 min; docs/BENCHMARKS.md).

@@ -10,5 +10,5 @@ from schemathesis.transport.serialization import serialize_binary
 
 
 @schemathesis.serializer("message/ohttp-req")
-def ohttp_request(_context: Any, value: Any) -> dict[str, Any]:
-    return {"data": serialize_binary(value)}
+def ohttp_request(_context: Any, value: Any) -> bytes:
+    return serialize_binary(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -28,9 +29,9 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def build_request(host: str, path: str, body: bytes) -> bytes:
+def build_request(host: str, path: str, body: bytes, content_type: str = "application/json") -> bytes:
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     )
     return head.encode() + body
@@ -47,10 +48,10 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _worker(host: str, port: int, request: bytes, count: int, latencies: list[float]) -> None:
+async def _worker(host: str, port: int, requests: Iterable[bytes], latencies: list[float]) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        for _ in range(count):
+        for request in requests:
             start = time.perf_counter()
             writer.write(request)
             status = await _read_response(reader)
@@ -62,11 +63,23 @@ async def _worker(host: str, port: int, request: bytes, count: int, latencies: l
 
 
 async def _run(host: str, port: int, request: bytes, total: int, concurrency: int) -> LoadResult:
-    latencies: list[float] = []
     per_worker = total // concurrency
+    return await _run_each(host, port, [[request] * per_worker for _ in range(concurrency)])
+
+
+async def _run_each(host: str, port: int, per_connection: Sequence[Sequence[bytes]]) -> LoadResult:
+    """One connection per list, each sending its requests in turn."""
+    latencies: list[float] = []
     start = time.perf_counter()
-    await asyncio.gather(*(_worker(host, port, request, per_worker, latencies) for _ in range(concurrency)))
-    return LoadResult(per_worker * concurrency, time.perf_counter() - start, latencies)
+    await asyncio.gather(*(_worker(host, port, requests, latencies) for requests in per_connection))
+    return LoadResult(sum(map(len, per_connection)), time.perf_counter() - start, latencies)
+
+
+def run_distinct(host: str, port: int, requests: Sequence[bytes], *, concurrency: int) -> LoadResult:
+    """Every request sent once (requests that must not repeat, such as sealed ones), over `concurrency`
+    connections; no warm-up."""
+    per_connection = [requests[index::concurrency] for index in range(concurrency)]
+    return asyncio.run(_run_each(host, port, per_connection))
 
 
 def run_load(host: str, port: int, path: str, body: bytes, *, total: int, concurrency: int) -> LoadResult:

@@ -158,11 +158,14 @@ def cmd_unseal(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         print(f"NOT OPENED: {exc}")
         return EXIT_REJECTED
+    import orjson
+
+    # numpy's own serialisation: float32 values print as the shortest decimal that reads back exactly
     body = [
-        {"name": name, "datatype": _v2(array), "shape": list(array.shape), "data": array.ravel().tolist()}
+        {"name": name, "datatype": _v2(array), "shape": list(array.shape), "data": array.ravel()}
         for name, array in tensors
     ]
-    print(json.dumps({"outputs": body}, indent=2))
+    print(orjson.dumps({"outputs": body}, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2).decode())
     return EXIT_OK
 
 

@@ -557,7 +557,7 @@ def _check_model(
         )
         return
     if attested_manifest_digest(user_data) != manifest.digest:
-        report.add("model", "fail", "the manifest's digest is not the attested user_data (its first 32 bytes)")
+        report.add("model", "fail", "the manifest's digest is not the attested user_data (its first half)")
         return
     if name is None:
         report.add("model", "fail", "no model named: give the request (or --model NAME)")
