@@ -408,3 +408,15 @@ def test_the_client_refuses_a_key_the_attestation_does_not_bind(server: str, ser
     with client, pytest.raises(AttestationError) as refused:
         client.infer("iris-mlp", [FEATURES])
     assert refused.value.code == "key_not_bound"
+
+
+def test_a_sealed_completion_verifies_and_leaves_no_public_signature(server: str, server_pki: Path) -> None:
+    with Client(server, trust(server_pki), allow_any_image=True, sealed=True) as client:
+        reply = client.complete("Ethereum is", max_tokens=8, temperature=0)
+    with Client(server, trust(server_pki), allow_any_image=True) as client:
+        clear = client.complete("Ethereum is", max_tokens=8, temperature=0)
+    assert reply.text == clear.text and reply.text
+    assert reply.receipt["inputHash"] != clear.receipt["inputHash"]  # a commitment, not keccak256(body)
+    completion_id = "cmpl-" + reply.receipt["requestId"][2:]
+    assert httpx.get(f"{server}/v1/signature/{completion_id}").status_code == 404
+    assert httpx.get(f"{server}/v1/signature/cmpl-{clear.receipt['requestId'][2:]}").status_code == 200
