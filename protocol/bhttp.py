@@ -10,7 +10,9 @@ are refused.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 from protocol.errors import ProtocolError
 
@@ -29,9 +31,19 @@ MAX_CONTENT_CHUNKS = 65536
 
 # RFC 9110 section 5.6.2: tchar. Uppercase letters are tokens but not valid in a binary (HTTP/2) field name.
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_NAME_CHARS = frozenset(c for c in _TCHAR if not 0x41 <= c <= 0x5A)
-_SCHEME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
-_VISIBLE = frozenset(range(0x21, 0x7F))
+
+# The same rules as whole-string matches (one C call per name or value instead of a loop per byte). Every
+# check below accepts exactly what these accept; the slower code that names what is wrong runs only on
+# refusal.
+_NAME_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a lowercase token
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
+_SCHEME_RE = re.compile(rb"(?:[a-zA-Z][a-zA-Z0-9+\-.]*)?")  # RFC 3986 section 3.1, or empty
+_VISIBLE_RE = re.compile(rb"[\x21-\x7e]*")
+_TOKEN_STR_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
+_SCHEME_STR_RE = re.compile(r"(?:[a-zA-Z][a-zA-Z0-9+\-.]*)?")
+_VISIBLE_STR_RE = re.compile(r"[\x21-\x7e]*")
+_NUL_CR_LF = b"\x00\r\n"
+_SP_HTAB = (0x20, 0x09)
 
 
 class BhttpError(ProtocolError):
@@ -89,87 +101,107 @@ def encode_varint(value: int) -> bytes:
     return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(64))
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
 
-    def at_end(self) -> bool:
-        return self.pos >= len(self.data)
+def _length(value: int) -> bytes:
+    """encode_varint for a length (a non-negative int), without a call for the common one-byte case."""
+    return _ONE_BYTE_VARINTS[value] if value < 64 else encode_varint(value)
 
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
 
-    def varint(self, what: str) -> int:
-        if self.pos >= len(self.data):
-            raise BhttpError(f"truncated message: {what} is missing")
-        first = self.data[self.pos]
-        size = 1 << (first >> 6)
-        if self.pos + size > len(self.data):
-            raise BhttpError(f"truncated message: {what} is cut short")
-        value = int.from_bytes(self.data[self.pos : self.pos + size], "big") & ((1 << (8 * size - 2)) - 1)
-        self.pos += size
-        return value
+_VARINT_MASKS = (0x3F, 0x3FFF, 0x3FFF_FFFF, MAX_VARINT)  # by the two-bit length prefix
 
-    def take(self, length: int, what: str) -> bytes:
-        if length > len(self.data) - self.pos:
-            raise BhttpError(f"truncated message: {what} claims {length} bytes, {self.remaining()} remain")
-        out = self.data[self.pos : self.pos + length]
-        self.pos += length
-        return out
 
-    def vector(self, what: str) -> bytes:
-        return self.take(self.varint(f"{what} length"), what)
+def _varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """The variable-length integer at `pos`, and the position after it."""
+    if pos >= len(data):
+        raise BhttpError(f"truncated message: {what} is missing")
+    first = data[pos]
+    if first < 0x40:
+        return first, pos + 1
+    prefix = first >> 6
+    end = pos + (1 << prefix)
+    if end > len(data):
+        raise BhttpError(f"truncated message: {what} is cut short")
+    return int.from_bytes(data[pos:end], "big") & _VARINT_MASKS[prefix], end
+
+
+def _truncated(what: str, length: int, remaining: int) -> BhttpError:
+    return BhttpError(f"truncated message: {what} claims {length} bytes, {remaining} remain")
+
+
+def _vector(data: bytes, pos: int, what: str, length_what: str) -> tuple[bytes, int]:
+    """A length-prefixed byte string at `pos` (`length_what` names its length), and the position after it."""
+    if pos < len(data) and data[pos] < 0x40:
+        length = data[pos]
+        pos += 1
+    else:
+        length, pos = _varint(data, pos, length_what)
+    end = pos + length
+    if end > len(data):
+        raise _truncated(what, length, len(data) - pos)
+    return data[pos:end], end
+
+
+class _Section:
+    """The wording of the errors about one kind of field section, made once rather than per field line."""
+
+    __slots__ = ("length", "name", "name_length", "value", "value_length", "where")
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.length = f"the {where} length"
+        self.name_length = f"a field name length in the {where}"
+        self.name = f"a field name in the {where}"
+        self.value_length = f"a field value in the {where} length"
+        self.value = f"a field value in the {where}"
+
+
+_HEADERS = _Section("header fields")
+_TRAILERS = _Section("trailer fields")
+_INFORMATIONAL = _Section("informational header fields")
 
 
 # --- validation ----------------------------------------------------------------------------------------
 
 
-def _check_name(name: bytes) -> None:
+def _name_error(name: bytes) -> NoReturn:
+    """Raises the error for a field name that `_NAME_RE` refused."""
     if not name:
         raise BhttpError("a field name is empty")
     if name[0] == 0x3A:  # ':'
         raise BhttpError(f"pseudo-field {name[:40]!r} is not allowed in a field section")
-    if not all(c in _NAME_CHARS for c in name):
-        if any(0x41 <= c <= 0x5A for c in name) and all(c in _TCHAR for c in name):
-            raise BhttpError(f"field name {name[:40]!r} has uppercase characters (names must be lowercase)")
-        raise BhttpError(f"field name {name[:40]!r} has characters not allowed in an HTTP field name")
+    if any(0x41 <= c <= 0x5A for c in name) and all(c in _TCHAR for c in name):
+        raise BhttpError(f"field name {name[:40]!r} has uppercase characters (names must be lowercase)")
+    raise BhttpError(f"field name {name[:40]!r} has characters not allowed in an HTTP field name")
 
 
-def _check_value(name: bytes, value: bytes) -> None:
-    # RFC 9113 section 8.2.1: no NUL, CR or LF anywhere; no leading or trailing SP or HTAB.
-    if b"\x00" in value or b"\r" in value or b"\n" in value:
+# RFC 9113 section 8.2.1: a field value has no NUL, CR or LF anywhere, and no leading or trailing SP or HTAB.
+# Checked inline where field lines are read and written (a call per value would cost as much as the check).
+
+
+def _value_error(name: bytes, value: bytes) -> NoReturn:
+    """Raises the error for a field value that the inline check refused."""
+    if len(value.translate(None, _NUL_CR_LF)) != len(value):
         raise BhttpError(f"the value of field {name[:40]!r} has a NUL, CR or LF")
-    if value and (value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
-        raise BhttpError(f"the value of field {name[:40]!r} starts or ends with whitespace")
-
-
-def _check_fields(fields: Fields, where: str) -> None:
-    if len(fields) > MAX_FIELD_LINES:
-        raise BhttpError(f"the {where} have more than {MAX_FIELD_LINES} field lines")
-    for name, value in fields:
-        _check_name(name)
-        _check_value(name, value)
+    raise BhttpError(f"the value of field {name[:40]!r} starts or ends with whitespace")
 
 
 def _ascii(raw: bytes, what: str) -> str:
-    if not all(c in _VISIBLE for c in raw):
+    if _VISIBLE_RE.fullmatch(raw) is None:
         raise BhttpError(f"the request {what} has bytes outside visible ASCII")
     return raw.decode("ascii")
 
 
 def _check_control(method: str, scheme: str, authority: str, path: str) -> None:
-    if not method or not all(ord(c) in _TCHAR for c in method):
+    if _TOKEN_STR_RE.fullmatch(method) is None:
         raise BhttpError(f"the request method {method[:40]!r} is not an HTTP token")
-    if scheme and (
-        not scheme[0].isascii() or not scheme[0].isalpha() or any(ord(c) not in _SCHEME_CHARS for c in scheme)
-    ):
+    if _SCHEME_STR_RE.fullmatch(scheme) is None:
         raise BhttpError(f"the request scheme {scheme[:40]!r} is not a URI scheme")
-    for what, value in (("authority", authority), ("path", path)):
-        if not all(0x21 <= ord(c) < 0x7F for c in value):
-            raise BhttpError(f"the request {what} has characters outside visible ASCII")
+    if _VISIBLE_STR_RE.fullmatch(authority) is None:
+        raise BhttpError("the request authority has characters outside visible ASCII")
+    if _VISIBLE_STR_RE.fullmatch(path) is None:
+        raise BhttpError("the request path has characters outside visible ASCII")
 
 
 def _check_status(status: int, *, informational: bool) -> None:
@@ -182,132 +214,198 @@ def _check_status(status: int, *, informational: bool) -> None:
 # --- decoding ------------------------------------------------------------------------------------------
 
 
-def _field_lines(reader: _Reader, end: int, where: str) -> Fields:
-    """Field lines up to `end` (known length) or up to a zero terminator (`end` < 0)."""
+def _field_lines(data: bytes, pos: int, end: int, section: _Section) -> tuple[Fields, int]:
+    """Field lines from `pos` up to `end` (known length) or up to a zero terminator (`end` < 0), and the
+    position after them."""
+    size = len(data)
     fields: list[tuple[bytes, bytes]] = []
     while True:
         if end >= 0:
-            if reader.pos == end:
+            if pos == end:
                 break
-        elif reader.at_end():
-            raise BhttpError(f"truncated message: the {where} have no terminator")
-        name_length = reader.varint(f"a field name length in the {where}")
-        if name_length == 0:
+        elif pos >= size:
+            raise BhttpError(f"truncated message: the {section.where} have no terminator")
+        length = data[pos]  # pos < size here
+        if length < 0x40:
+            pos += 1
+        else:
+            length, pos = _varint(data, pos, section.name_length)
+        if length == 0:
             if end >= 0:
-                raise BhttpError(f"a field name in the {where} is empty")
+                raise BhttpError(f"a field name in the {section.where} is empty")
             break
-        name = reader.take(name_length, f"a field name in the {where}")
-        value = reader.vector(f"a field value in the {where}")
-        if end >= 0 and reader.pos > end:
-            raise BhttpError(f"a field line overruns the {where}' declared length")
+        stop = pos + length
+        if stop > size:
+            raise _truncated(section.name, length, size - pos)
+        name = data[pos:stop]
+        pos = stop
+        if pos < size and data[pos] < 0x40:
+            length = data[pos]
+            pos += 1
+        else:
+            length, pos = _varint(data, pos, section.value_length)
+        stop = pos + length
+        if stop > size:
+            raise _truncated(section.value, length, size - pos)
+        value = data[pos:stop]
+        pos = stop
+        if end >= 0 and pos > end:
+            raise BhttpError(f"a field line overruns the {section.where}' declared length")
         if len(fields) >= MAX_FIELD_LINES:
-            raise BhttpError(f"the {where} have more than {MAX_FIELD_LINES} field lines")
-        _check_name(name)
-        _check_value(name, value)
+            raise BhttpError(f"the {section.where} have more than {MAX_FIELD_LINES} field lines")
+        if _NAME_RE.fullmatch(name) is None:
+            _name_error(name)
+        if value and (
+            len(value.translate(None, _NUL_CR_LF)) != len(value)
+            or value[0] in _SP_HTAB
+            or value[-1] in _SP_HTAB
+        ):
+            _value_error(name, value)
         fields.append((name, value))
-    return tuple(fields)
+    return tuple(fields), pos
 
 
-def _field_section(reader: _Reader, indeterminate: bool, where: str) -> Fields:
+def _field_section(data: bytes, pos: int, indeterminate: bool, section: _Section) -> tuple[Fields, int]:
     if indeterminate:
-        return _field_lines(reader, -1, where)
-    length = reader.varint(f"the {where} length")
-    if length > reader.remaining():
-        raise BhttpError(f"truncated message: the {where} claim {length} bytes, {reader.remaining()} remain")
-    return _field_lines(reader, reader.pos + length, where)
+        return _field_lines(data, pos, -1, section)
+    if pos < len(data) and data[pos] == 0:
+        return (), pos + 1  # an empty section (most trailers)
+    length, pos = _varint(data, pos, section.length)
+    remaining = len(data) - pos
+    if length > remaining:
+        raise BhttpError(f"truncated message: the {section.where} claim {length} bytes, {remaining} remain")
+    return _field_lines(data, pos, pos + length, section)
 
 
-def _content(reader: _Reader, indeterminate: bool) -> bytes:
+def _content(data: bytes, pos: int, indeterminate: bool) -> tuple[bytes, int]:
     if not indeterminate:
-        return reader.vector("the content")
+        return _vector(data, pos, "the content", "the content length")
     chunks: list[bytes] = []
     while True:
-        if reader.at_end():
+        if pos >= len(data):
             raise BhttpError("truncated message: the content has no terminator")
-        length = reader.varint("a content chunk length")
+        length, pos = _varint(data, pos, "a content chunk length")
         if length == 0:
-            return b"".join(chunks)
+            return b"".join(chunks), pos
         if len(chunks) >= MAX_CONTENT_CHUNKS:
             raise BhttpError(f"the content has more than {MAX_CONTENT_CHUNKS} chunks")
-        chunks.append(reader.take(length, "a content chunk"))
+        end = pos + length
+        if end > len(data):
+            raise _truncated("a content chunk", length, len(data) - pos)
+        chunks.append(data[pos:end])
+        pos = end
 
 
-def _body(reader: _Reader, indeterminate: bool) -> tuple[Fields, bytes, Fields]:
+def _body(data: bytes, pos: int, indeterminate: bool) -> tuple[Fields, bytes, Fields]:
     """Header section, content and trailers, each of which may be truncated away (RFC 9292 section 3.8)."""
+    size = len(data)
     headers: Fields = ()
     content = b""
     trailers: Fields = ()
-    if not reader.at_end():
-        headers = _field_section(reader, indeterminate, "header fields")
-        if not reader.at_end():
-            content = _content(reader, indeterminate)
-            if not reader.at_end():
-                trailers = _field_section(reader, indeterminate, "trailer fields")
-    if any(reader.data[reader.pos :]):
+    if pos < size:
+        headers, pos = _field_section(data, pos, indeterminate, _HEADERS)
+        if pos < size:
+            content, pos = _content(data, pos, indeterminate)
+            if pos < size:
+                trailers, pos = _field_section(data, pos, indeterminate, _TRAILERS)
+    if pos < size and data.count(0, pos) != size - pos:
         raise BhttpError("the message is followed by data that is not zero padding")
     return headers, content, trailers
 
 
-def _framing(reader: _Reader) -> int:
-    framing = reader.varint("the framing indicator")
+def _framing(data: bytes) -> tuple[int, int]:
+    framing, pos = _varint(data, 0, "the framing indicator")
     if framing > INDETERMINATE_LENGTH_RESPONSE:
         raise BhttpError(f"unknown framing indicator {framing}")
-    return framing
+    return framing, pos
 
 
 def decode_request(data: bytes) -> BhttpRequest:
     """A `message/bhttp` request, in either framing."""
-    reader = _Reader(bytes(data))
-    framing = _framing(reader)
+    data = bytes(data)
+    framing, pos = _framing(data)
     if framing not in (KNOWN_LENGTH_REQUEST, INDETERMINATE_LENGTH_REQUEST):
         raise BhttpError("the message is a response, not a request")
-    method = _ascii(reader.vector("the method"), "method")
-    scheme = _ascii(reader.vector("the scheme"), "scheme")
-    authority = _ascii(reader.vector("the authority"), "authority")
-    path = _ascii(reader.vector("the path"), "path")
-    _check_control(method, scheme, authority, path)
-    headers, content, trailers = _body(reader, framing == INDETERMINATE_LENGTH_REQUEST)
+    # Each part must be visible ASCII as soon as it is read; a token method and a URI scheme (both
+    # visible ASCII) pass that at once, anything else goes through `_ascii` and then `_check_control`.
+    raw, pos = _vector(data, pos, "the method", "the method length")
+    control_ok = _TOKEN_RE.fullmatch(raw) is not None
+    method = raw.decode("ascii") if control_ok else _ascii(raw, "method")
+    raw, pos = _vector(data, pos, "the scheme", "the scheme length")
+    if _SCHEME_RE.fullmatch(raw) is not None:
+        scheme = raw.decode("ascii")
+    else:
+        control_ok = False
+        scheme = _ascii(raw, "scheme")
+    raw, pos = _vector(data, pos, "the authority", "the authority length")
+    authority = _ascii(raw, "authority")
+    raw, pos = _vector(data, pos, "the path", "the path length")
+    path = _ascii(raw, "path")
+    if not control_ok:
+        _check_control(method, scheme, authority, path)
+    headers, content, trailers = _body(data, pos, framing == INDETERMINATE_LENGTH_REQUEST)
     return BhttpRequest(method, scheme, authority, path, headers, content, trailers)
 
 
 def decode_response(data: bytes) -> BhttpResponse:
     """A `message/bhttp` response, in either framing, with any informational (1xx) responses."""
-    reader = _Reader(bytes(data))
-    framing = _framing(reader)
+    data = bytes(data)
+    framing, pos = _framing(data)
     if framing not in (KNOWN_LENGTH_RESPONSE, INDETERMINATE_LENGTH_RESPONSE):
         raise BhttpError("the message is a request, not a response")
     indeterminate = framing == INDETERMINATE_LENGTH_RESPONSE
     informational: list[tuple[int, Fields]] = []
     while True:
-        status = reader.varint("the status code")
+        status, pos = _varint(data, pos, "the status code")
         if not 100 <= status <= 199:
             break
         if len(informational) >= MAX_INFORMATIONAL:
             raise BhttpError(f"more than {MAX_INFORMATIONAL} informational responses")
-        informational.append((status, _field_section(reader, indeterminate, "informational header fields")))
+        fields, pos = _field_section(data, pos, indeterminate, _INFORMATIONAL)
+        informational.append((status, fields))
     _check_status(status, informational=False)
-    headers, content, trailers = _body(reader, indeterminate)
+    headers, content, trailers = _body(data, pos, indeterminate)
     return BhttpResponse(status, headers, content, tuple(informational), trailers)
 
 
 # --- encoding ------------------------------------------------------------------------------------------
 
 
-def _lower(fields: Fields) -> Fields:
-    return tuple((bytes(name).lower(), bytes(value)) for name, value in fields)
+def _lower(fields: Fields) -> list[tuple[bytes, bytes]]:
+    return [(bytes(name).lower(), bytes(value)) for name, value in fields]
 
 
-def _encode_fields(fields: Fields, indeterminate: bool) -> bytes:
-    lines = b"".join(encode_varint(len(n)) + n + encode_varint(len(v)) + v for n, v in fields)
+def _encode_fields(fields: list[tuple[bytes, bytes]], indeterminate: bool, where: str) -> bytes:
+    """The field section's bytes, each line checked first (refused: names not lowercase tokens, values
+    HTTP/2 would refuse, more than MAX_FIELD_LINES lines)."""
+    if len(fields) > MAX_FIELD_LINES:
+        raise BhttpError(f"the {where} have more than {MAX_FIELD_LINES} field lines")
+    if not fields:
+        return b"\x00"  # an empty section: a zero length, or just the terminator
+    parts: list[bytes] = []
+    for name, value in fields:
+        if _NAME_RE.fullmatch(name) is None:
+            _name_error(name)
+        if value and (
+            len(value.translate(None, _NUL_CR_LF)) != len(value)
+            or value[0] in _SP_HTAB
+            or value[-1] in _SP_HTAB
+        ):
+            _value_error(name, value)
+        size = len(name)
+        parts += (_ONE_BYTE_VARINTS[size] if size < 64 else encode_varint(size), name)
+        size = len(value)
+        parts += (_ONE_BYTE_VARINTS[size] if size < 64 else encode_varint(size), value)
+    lines = b"".join(parts)
     if indeterminate:
         return lines + b"\x00"
-    return encode_varint(len(lines)) + lines
+    return _length(len(lines)) + lines
 
 
 def _encode_content(content: bytes, indeterminate: bool) -> bytes:
     if indeterminate:
-        return (encode_varint(len(content)) + content if content else b"") + b"\x00"
-    return encode_varint(len(content)) + content
+        return (_length(len(content)) + content if content else b"") + b"\x00"
+    return _length(len(content)) + content
 
 
 def _padding(padding: int) -> bytes:
@@ -321,25 +419,26 @@ def encode_request(request: BhttpRequest, *, indeterminate: bool = False, paddin
     names are case-insensitive; binary HTTP requires lowercase); anything else invalid is refused."""
     _check_control(request.method, request.scheme, request.authority, request.path)
     headers, trailers = _lower(request.headers), _lower(request.trailers)
-    _check_fields(headers, "header fields")
-    _check_fields(trailers, "trailer fields")
-    framing = INDETERMINATE_LENGTH_REQUEST if indeterminate else KNOWN_LENGTH_REQUEST
-    control = b"".join(
-        encode_varint(len(part)) + part
-        for part in (
-            request.method.encode("ascii"),
-            request.scheme.encode("ascii"),
-            request.authority.encode("ascii"),
-            request.path.encode("ascii"),
-        )
-    )
+    header_section = _encode_fields(headers, indeterminate, "header fields")
+    trailer_section = _encode_fields(trailers, indeterminate, "trailer fields")
+    method = request.method.encode("ascii")
+    scheme = request.scheme.encode("ascii")
+    authority = request.authority.encode("ascii")
+    path = request.path.encode("ascii")
     return b"".join(
         (
-            encode_varint(framing),
-            control,
-            _encode_fields(headers, indeterminate),
+            _ONE_BYTE_VARINTS[INDETERMINATE_LENGTH_REQUEST if indeterminate else KNOWN_LENGTH_REQUEST],
+            _length(len(method)),
+            method,
+            _length(len(scheme)),
+            scheme,
+            _length(len(authority)),
+            authority,
+            _length(len(path)),
+            path,
+            header_section,
             _encode_content(bytes(request.content), indeterminate),
-            _encode_fields(trailers, indeterminate),
+            trailer_section,
             _padding(padding),
         )
     )
@@ -351,19 +450,20 @@ def encode_response(response: BhttpResponse, *, indeterminate: bool = False, pad
     if len(response.informational) > MAX_INFORMATIONAL:
         raise BhttpError(f"more than {MAX_INFORMATIONAL} informational responses")
     headers, trailers = _lower(response.headers), _lower(response.trailers)
-    _check_fields(headers, "header fields")
-    _check_fields(trailers, "trailer fields")
-    parts = [encode_varint(INDETERMINATE_LENGTH_RESPONSE if indeterminate else KNOWN_LENGTH_RESPONSE)]
+    header_section = _encode_fields(headers, indeterminate, "header fields")
+    trailer_section = _encode_fields(trailers, indeterminate, "trailer fields")
+    parts = [_ONE_BYTE_VARINTS[INDETERMINATE_LENGTH_RESPONSE if indeterminate else KNOWN_LENGTH_RESPONSE]]
     for status, fields in response.informational:
         _check_status(status, informational=True)
-        interim = _lower(fields)
-        _check_fields(interim, "informational header fields")
-        parts.append(encode_varint(status) + _encode_fields(interim, indeterminate))
-    parts += [
+        parts += (
+            encode_varint(status),
+            _encode_fields(_lower(fields), indeterminate, "informational header fields"),
+        )
+    parts += (
         encode_varint(response.status),
-        _encode_fields(headers, indeterminate),
+        header_section,
         _encode_content(bytes(response.content), indeterminate),
-        _encode_fields(trailers, indeterminate),
+        trailer_section,
         _padding(padding),
-    ]
+    )
     return b"".join(parts)
