@@ -68,6 +68,7 @@ def main() -> None:
                 registration.image_id,
                 registration.attestation_timestamp_ms,
                 registration.user_data_hash,
+                registration.encryption_key,
                 registration.signature,
             )
         )

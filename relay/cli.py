@@ -192,7 +192,12 @@ def cmd_register(args: argparse.Namespace) -> int:
     except ChainError as exc:
         print(f"REJECTED on chain: {exc.error or exc}")
         return EXIT_REJECTED
-    print(f"registered enclave {enclave} for image 0x{registration.image_id.hex()}")
+    sealing = (
+        f"encryption key 0x{registration.encryption_key.hex()}"
+        if any(registration.encryption_key)
+        else "no encryption key (sealed requests cannot name it)"
+    )
+    print(f"registered enclave {enclave} for image 0x{registration.image_id.hex()}, {sealing}")
     return EXIT_OK
 
 

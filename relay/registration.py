@@ -3,8 +3,10 @@
 The verifier fetches `/attestation` with a fresh random nonce (so the document cannot be replayed), or is
 handed a document made for a nonce it issued (verifier_service.py), checks it with the `attestation`
 package (pinned root, expected PCRs, freshness, debug mode), and signs
-EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash)
-in the registry's domain (name "verinfer-registry", version "1", chainId, verifyingContract).
+EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash,
+bytes32 encryptionKey) in the registry's domain (name "verinfer-registry", version "1", chainId,
+verifyingContract). `encryptionKey` is the X25519 key the document's user_data binds after the manifest
+digest (protocol.binding), or zero for a document that binds none: nothing can then be sealed to it on chain.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from attestation import AttestationError, Policy, VerifiedAttestation, verify
+from protocol.binding import BindingError, split_user_data
 from protocol.hashing import keccak256 as keccak
 from protocol.images import image_id
 
@@ -29,8 +32,10 @@ from .errors import RelayError
 from .http_client import HttpResponse, Limits, OutboundError, request_async, run_blocking
 
 REGISTRATION_TYPEHASH = keccak(
-    b"EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash)"
+    b"EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash,"
+    b"bytes32 encryptionKey)"
 )
+NO_ENCRYPTION_KEY = bytes(32)
 DOMAIN_TYPEHASH = keccak(
     b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
@@ -46,6 +51,7 @@ class Registration:
     image_id: bytes
     attestation_timestamp_ms: int
     user_data_hash: bytes
+    encryption_key: bytes  # NO_ENCRYPTION_KEY when the document binds none
     signature: bytes
 
     @property
@@ -59,6 +65,7 @@ class Registration:
             "imageId": "0x" + self.image_id.hex(),
             "attestationTimestampMs": self.attestation_timestamp_ms,
             "userDataHash": "0x" + self.user_data_hash.hex(),
+            "encryptionKey": "0x" + self.encryption_key.hex(),
             "signature": "0x" + self.signature.hex(),
         }
 
@@ -69,12 +76,20 @@ class Registration:
             bytes.fromhex(data["imageId"][2:]),
             int(data["attestationTimestampMs"]),
             bytes.fromhex(data["userDataHash"][2:]),
+            bytes.fromhex(data["encryptionKey"][2:]),
             bytes.fromhex(data["signature"][2:]),
         )
 
 
 def registration_digest(
-    *, chain_id: int, contract: str, public_key: bytes, image: bytes, timestamp_ms: int, user_data_hash: bytes
+    *,
+    chain_id: int,
+    contract: str,
+    public_key: bytes,
+    image: bytes,
+    timestamp_ms: int,
+    user_data_hash: bytes,
+    encryption_key: bytes,
 ) -> bytes:
     domain = keccak(
         DOMAIN_TYPEHASH
@@ -85,7 +100,12 @@ def registration_digest(
         + bytes.fromhex(Web3.to_checksum_address(contract)[2:])
     )
     struct = keccak(
-        REGISTRATION_TYPEHASH + keccak(public_key) + image + timestamp_ms.to_bytes(32, "big") + user_data_hash
+        REGISTRATION_TYPEHASH
+        + keccak(public_key)
+        + image
+        + timestamp_ms.to_bytes(32, "big")
+        + user_data_hash
+        + encryption_key
     )
     return keccak(b"\x19\x01" + domain + struct)
 
@@ -149,7 +169,18 @@ def check_attestation(document: bytes, policy: Policy, nonce: bytes, source: str
         raise RegistrationError(f"attestation of {source} rejected: {exc.code}: {exc.detail}") from exc
     if result.public_key is None or len(result.public_key) != 64:
         raise RegistrationError("the attestation does not bind a 64-byte enclave public key")
+    encryption_key(result)
     return result
+
+
+def encryption_key(attested: VerifiedAttestation) -> bytes:
+    """The X25519 key the document's user_data binds (user_data[32:64]), or NO_ENCRYPTION_KEY for a
+    document with the manifest digest alone; RegistrationError for user_data of any other size."""
+    try:
+        key = split_user_data(attested.user_data).encryption_key
+    except BindingError as exc:
+        raise RegistrationError(f"the attestation cannot be registered: {exc}") from exc
+    return NO_ENCRYPTION_KEY if key is None else key
 
 
 def attest_enclave(enclave_url: str, policy: Policy, *, timeout: float = 10.0) -> VerifiedAttestation:
@@ -167,6 +198,7 @@ def sign_registration(
     assert attested.public_key is not None
     image = image_id(dict(attested.pcrs))
     user_data_hash = keccak(attested.user_data or b"")
+    key = encryption_key(attested)
     digest = registration_digest(
         chain_id=chain_id,
         contract=contract,
@@ -174,10 +206,11 @@ def sign_registration(
         image=image,
         timestamp_ms=attested.timestamp_ms,
         user_data_hash=user_data_hash,
+        encryption_key=key,
     )
     signed = verifier.unsafe_sign_hash(Hash32(digest))
     signature = signed.r.to_bytes(32, "big") + signed.s.to_bytes(32, "big") + bytes((signed.v,))
-    return Registration(attested.public_key, image, attested.timestamp_ms, user_data_hash, signature)
+    return Registration(attested.public_key, image, attested.timestamp_ms, user_data_hash, key, signature)
 
 
 def submit_registration(sender: TxSender, registry: Contract, registration: Registration) -> str:
@@ -187,6 +220,7 @@ def submit_registration(sender: TxSender, registry: Contract, registration: Regi
         registration.image_id,
         registration.attestation_timestamp_ms,
         registration.user_data_hash,
+        registration.encryption_key,
         registration.signature,
     )
     sender.transact(call)

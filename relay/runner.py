@@ -9,6 +9,8 @@ an answer but never forge one. The loop therefore optimises for "nothing lost, n
 - every transaction goes through relay.txmanager (durable before broadcast, fee bumping under a cap, a
   "still needed?" check before any gas is spent);
 - the receipt it asks an enclave for binds the fee to this relay (protocol.onchain.fulfilment_id);
+- a sealed request (requestSealedInference) goes only to the enclave it is sealed to, whose POST
+  /infer/sealed opens it: the relay handles ciphertext alone and never sees the input or a sealed output;
 - an unreachable enclave or RPC node means retry with backoff, never a crash.
 """
 
@@ -112,6 +114,27 @@ class EnclaveClient:
         self.signer, self.signer_checked = address, time.monotonic()
         return address
 
+    def infer_sealed(
+        self, model: str, request_id: str, sealed: Sealing, data: bytes, timeout: float
+    ) -> dict[str, Any]:
+        """POST /infer/sealed: the enclave opens `data` (sealed to it), runs the model and answers the
+        output to post (sealed to the requester's key, if any) with its receipt."""
+        body = {
+            "model": model,
+            "sealed_input": "0x" + data.hex(),
+            "request_id": request_id,
+            "output_key": None if sealed.output_key is None else hex32(sealed.output_key),
+        }
+        return self._post_inference("/infer/sealed", body, timeout)
+
+    def _post_inference(self, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """PermanentFailure when the enclave refuses the input (4xx): no other enclave would take it."""
+        response = request("POST", f"{self.url}{path}", json=body, limits=self._limits(timeout))
+        if 400 <= response.status < 500:
+            raise PermanentFailure(f"enclave refused the input: {response.text[:200]}")
+        result: dict[str, Any] = response.raise_for_status().json()
+        return result
+
     def infer(self, model: str, request_id: str, data: bytes, timeout: float) -> dict[str, Any]:
         try:
             tensors = decode_tensors(data)
@@ -122,11 +145,7 @@ class EnclaveClient:
             "request_id": request_id,
             "inputs": [{"name": n, "shape": list(a.shape), "data": a.ravel().tolist()} for n, a in tensors],
         }
-        response = request("POST", f"{self.url}/infer", json=body, limits=self._limits(timeout))
-        if 400 <= response.status < 500:
-            raise PermanentFailure(f"enclave refused the input: {response.text[:200]}")
-        result: dict[str, Any] = response.raise_for_status().json()
-        return result
+        return self._post_inference("/infer", body, timeout)
 
     def receipt_batch(self, start: int, limit: int, timeout: float) -> dict[str, Any]:
         """POST /receipts/batch, with the relay's bearer token when it has one; ReceiptsEvicted on a 410."""
@@ -146,8 +165,31 @@ class EnclaveClient:
         return batch
 
 
+@dataclass(frozen=True, slots=True)
+class Sealing:
+    """What the chain says of a sealed request: the enclave it is sealed to, the requester's output key."""
+
+    enclave: str  # checksum address
+    output_key: bytes | None  # None: the output is posted in clear
+
+    @classmethod
+    def of(cls, on_chain: Any) -> Sealing | None:
+        """From getRequest's Request: None for a clear request."""
+        if str(on_chain.sealedTo).lower() == ZERO_ADDRESS:
+            return None
+        key = bytes(on_chain.outputKey)
+        return cls(Web3.to_checksum_address(on_chain.sealedTo), key if any(key) else None)
+
+
 def output_encoding(outputs: list[dict[str, Any]]) -> bytes:
     return encode_tensors(tensors_from_json(outputs, "output"))
+
+
+def hex_bytes(value: Any, name: str) -> bytes:
+    """0x-prefixed hex from an enclave's JSON answer; ValueError otherwise."""
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ValueError(f"{name} is not 0x-prefixed hex")
+    return bytes.fromhex(value[2:])
 
 
 class Relay:
@@ -386,7 +428,7 @@ class Relay:
         if wait := self.policy.unprofitable_at(price, fee=fee, callback_gas=callback_gas):
             self.state.retry_later(row.id, row.attempts + 1, RETRY_UNPROFITABLE_S, wait)
             return
-        self._serve(row)
+        self._serve(row, Sealing.of(on_chain))
 
     def _refresh(self, row: RequestRow, input_hash: str) -> RequestRow | None:
         """Re-read a request whose stored input is not the chain's (a reorg re-created its id)."""
@@ -408,12 +450,36 @@ class Relay:
         self._next_enclave = (self._next_enclave + 1) % len(self.enclaves)
         return [e for e in ordered if e.down_until <= now]
 
-    def _serve(self, row: RequestRow) -> None:
-        problems = []
+    def _sealed_to(
+        self, enclaves: list[EnclaveClient], address: str, problems: list[str]
+    ) -> list[EnclaveClient]:
+        """Those of `enclaves` that sign as `address` (the enclave a request is sealed to: no other could
+        open it), asking again those whose key was learnt more than signer_recheck_s ago."""
+        matching = []
+        for enclave in enclaves:
+            signer = enclave.signer
+            stale = time.monotonic() - enclave.signer_checked > self.signer_recheck_s
+            if signer is None or (signer != address and stale):
+                try:
+                    signer = enclave.signing_address(self.http_timeout)
+                except (OutboundError, KeyError, TypeError, ValueError) as exc:
+                    problems.append(f"{enclave.url}: {exc}")
+                    continue
+            if signer == address:
+                matching.append(enclave)
+        if enclaves and not matching and not problems:
+            problems.append(f"the request is sealed to {address}, which none of this relay's enclaves is")
+        return matching
+
+    def _serve(self, row: RequestRow, sealing: Sealing | None = None) -> None:
+        problems: list[str] = []
         ceiling = self.policy.price_ceiling(fee=row.fee, callback_gas=row.callback_gas)
-        for enclave in self._enclaves_in_turn():
+        enclaves = self._enclaves_in_turn()
+        if sealing is not None:
+            enclaves = self._sealed_to(enclaves, sealing.enclave, problems)
+        for enclave in enclaves:
             try:
-                signed, output = self._infer(enclave, row)
+                signed, output = self._infer(enclave, row, sealing)
             except (OutboundError, KeyError, TypeError, ValueError, ReceiptError, EnclaveUnavailable) as exc:
                 enclave.down_until = time.monotonic() + 1.0
                 enclave.models.clear()
@@ -447,12 +513,16 @@ class Relay:
             return
         raise EnclaveUnavailable("; ".join(problems) or "no enclave available")
 
-    def _infer(self, enclave: EnclaveClient, row: RequestRow) -> tuple[SignedReceipt, bytes]:
+    def _infer(
+        self, enclave: EnclaveClient, row: RequestRow, sealing: Sealing | None = None
+    ) -> tuple[SignedReceipt, bytes]:
         """A receipt binding this relay as the fulfiller, checked before any gas is spent on it."""
         model = enclave.model_name(row.model_hash, self.http_timeout)
         if model is None:
             raise EnclaveUnavailable(f"does not serve model {row.model_hash}")
         bound_id = fulfilment_id(bytes.fromhex(row.id[2:]), self.address)
+        if sealing is not None:
+            return self._infer_sealed(enclave, row, model, bound_id, sealing)
         if enclave.tasks.get(row.model_hash) == TEXT_GENERATION:  # the input is the HTTP body (llm_client)
             signed, output = complete(
                 enclave.url,
@@ -471,6 +541,26 @@ class Relay:
         output = output_encoding(body["outputs"])
         if signed.receipt.input_hash != keccak256(row.input):
             raise PermanentFailure("the input is not the model's canonical encoding (order, names or dtypes)")
+        return self._checked(signed, output, bound_id)
+
+    def _infer_sealed(
+        self, enclave: EnclaveClient, row: RequestRow, model: str, bound_id: bytes, sealing: Sealing
+    ) -> tuple[SignedReceipt, bytes]:
+        """The sealed route: the relay passes ciphertext in and out, and checks the receipt as for a clear
+        request (over keccak256 of the sealed input and of the output posted), signed by the enclave the
+        request is sealed to, with an output sealed exactly when the requester gave a key."""
+        try:
+            body = enclave.infer_sealed(model, hex32(bound_id), sealing, row.input, self.http_timeout)
+        except OutboundError as exc:
+            raise EnclaveUnavailable(str(exc)) from exc
+        signed = SignedReceipt.from_json(body["receipt"])
+        output = hex_bytes(body["output"], "output")
+        if body.get("sealed_output") is not (sealing.output_key is not None):
+            raise EnclaveUnavailable("the enclave did not seal the output as the request asks")
+        if signed.receipt.input_hash != keccak256(row.input):
+            raise EnclaveUnavailable("the enclave's receipt is not over the sealed input on chain")
+        if Web3.to_checksum_address(signed.enclave) != sealing.enclave:
+            raise EnclaveUnavailable(f"the receipt is not signed by {sealing.enclave}, the request's enclave")
         return self._checked(signed, output, bound_id)
 
     @staticmethod

@@ -120,6 +120,9 @@ class RegistrationResponse(_Camel):
     image_id: str = Field(description="0x hex, keccak256(PCR0 || PCR1 || PCR2)")
     attestation_timestamp_ms: int
     user_data_hash: str = Field(description="0x hex, keccak256 of the document's user_data")
+    encryption_key: str = Field(
+        description="0x hex: the X25519 key user_data[32:64] binds (zero when user_data is 32 bytes)"
+    )
     signature: str = Field(description="0x hex, 65 bytes r || s || v")
 
 

@@ -7,6 +7,7 @@ the contracts before issue 11; its docstring says what happened there. Tests tha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from protocol.receipts import Receipt, SignedReceipt
 from protocol.tensors import BY_V2, decode_tensors, encode_tensors
 from relay.chain import ChainError, TxSender, custom_error, deploy
 from relay.registration import (
+    NO_ENCRYPTION_KEY,
     Registration,
     attest_enclave,
     registration_digest,
@@ -136,7 +138,7 @@ class OwnEnclave:
         return self.key.sign_digest(receipt.digest())
 
 
-def register_own_enclave(chain: Chain) -> OwnEnclave:
+def register_own_enclave(chain: Chain, encryption_key: bytes = NO_ENCRYPTION_KEY) -> OwnEnclave:
     """Register a key of ours (for outputs no real model makes): our verifier key, a made-up image id."""
     verifier = Account.create()
     image = os.urandom(32)
@@ -152,10 +154,13 @@ def register_own_enclave(chain: Chain) -> OwnEnclave:
         image=image,
         timestamp_ms=timestamp_ms,
         user_data_hash=user_data_hash,
+        encryption_key=encryption_key,
     )
     signed = verifier.unsafe_sign_hash(Hash32(digest))
     signature = signed.r.to_bytes(32, "big") + signed.s.to_bytes(32, "big") + bytes((signed.v,))
-    registration = Registration(key.public_key64, image, timestamp_ms, user_data_hash, signature)
+    registration = Registration(
+        key.public_key64, image, timestamp_ms, user_data_hash, encryption_key, signature
+    )
     address = submit_registration(chain.admin, chain.contract, registration)
     assert address == checksum_address(key.address)
     return OwnEnclave(key, address, image)
@@ -636,17 +641,16 @@ def test_user_data_hash_is_recorded_and_covered_by_the_verifier_signature(
     registration = sign_registration(
         snapshot.verifier_key, attested, chain_id=snapshot.w3.eth.chain_id, contract=snapshot.contract.address
     )
-    # user_data is the manifest digest; the record keeps its hash for auditors.
+    # user_data is the manifest digest and the encryption key; the record keeps its hash for auditors.
     manifest_digest = bytes.fromhex(httpx.get(f"{server}/models").json()["digest"][2:])
-    assert attested.user_data == manifest_digest
-    assert registration.user_data_hash == keccak256(manifest_digest)
-    altered = Registration(
-        registration.public_key,
-        registration.image_id,
-        registration.attestation_timestamp_ms,
-        keccak256(b"another model set"),
-        registration.signature,
-    )
-    refused("UntrustedVerifier", lambda: submit_registration(snapshot.admin, snapshot.contract, altered))
+    assert attested.user_data is not None and attested.user_data[:32] == manifest_digest
+    assert registration.user_data_hash == keccak256(attested.user_data)
+    assert registration.encryption_key == attested.user_data[32:64]
+    for altered in (
+        dataclasses.replace(registration, user_data_hash=keccak256(b"another model set")),
+        dataclasses.replace(registration, encryption_key=os.urandom(32)),  # a key the enclave does not hold
+    ):
+        refused("UntrustedVerifier", partial(submit_registration, snapshot.admin, snapshot.contract, altered))
     submit_registration(snapshot.admin, snapshot.contract, registration)
-    assert snapshot.contract.functions.enclaves(snapshot.enclave).call()[3] == keccak256(manifest_digest)
+    record = snapshot.contract.functions.enclaves(snapshot.enclave).call()
+    assert record[3] == keccak256(attested.user_data) and record[4] == registration.encryption_key

@@ -161,7 +161,7 @@ def test_fulfilment_id_vectors_on_both_sides(chain: Chain, vector: dict) -> None
 
 
 def test_registration_digest_matches_the_contract(chain: Chain) -> None:
-    key, image, ts, user = os.urandom(64), os.urandom(32), 1234, os.urandom(32)
+    key, image, ts, user, sealing = os.urandom(64), os.urandom(32), 1234, os.urandom(32), os.urandom(32)
     ours = registration_digest(
         chain_id=chain.w3.eth.chain_id,
         contract=chain.contract.address,
@@ -169,13 +169,21 @@ def test_registration_digest_matches_the_contract(chain: Chain) -> None:
         image=image,
         timestamp_ms=ts,
         user_data_hash=user,
+        encryption_key=sealing,
     )
-    assert chain.contract.functions.registrationDigest(key, image, ts, user).call() == ours
+    assert chain.contract.functions.registrationDigest(key, image, ts, user, sealing).call() == ours
 
 
-def test_registered_enclave(chain: Chain) -> None:
-    image, expires_at, epoch, user_data_hash = chain.contract.functions.enclaves(chain.enclave).call()
+def test_registered_enclave(chain: Chain, server: str) -> None:
+    record = chain.contract.functions.enclaves(chain.enclave).call()
+    image, expires_at, epoch, user_data_hash, encryption_key = record
     assert image == chain.image and expires_at > 0 and epoch == 0 and len(user_data_hash) == 32
+    # The encryption key on chain is the one the attestation binds after the manifest digest.
+    answer = httpx.get(f"{server}/attestation").json()
+    user_data = bytes.fromhex(answer["summary"]["user_data"])
+    assert user_data_hash == keccak256(user_data) and encryption_key == user_data[32:64]
+    assert "0x" + encryption_key.hex() == answer["encryptionKey"]
+    assert chain.contract.functions.encryptionKeyOf(chain.enclave).call() == encryption_key
 
 
 def test_registration_by_an_untrusted_verifier(snapshot: Chain, server: str, server_pki: Path) -> None:
@@ -215,7 +223,9 @@ def test_registration_of_an_unapproved_image(snapshot: Chain, server: str, serve
 def test_registration_with_a_short_key(snapshot: Chain) -> None:
     reverts_with(
         "InvalidPublicKey",
-        snapshot.contract.functions.registerEnclave(b"\x04" * 65, snapshot.image, 1, bytes(32), bytes(65)),
+        snapshot.contract.functions.registerEnclave(
+            b"\x04" * 65, snapshot.image, 1, bytes(32), bytes(32), bytes(65)
+        ),
         snapshot.admin,
     )
 

@@ -84,6 +84,7 @@ def registration_ok(response: httpx.Response, enclave_address: str, chain_id: in
         image=registration.image_id,
         timestamp_ms=registration.attestation_timestamp_ms,
         user_data_hash=registration.user_data_hash,
+        encryption_key=registration.encryption_key,
     )
     assert "0x" + recover_address(digest, registration.signature).hex() == VERIFIER.address.lower()
 
@@ -272,6 +273,7 @@ def test_openapi_documents_the_bodies_and_docs_render(verifier: str) -> None:
         "imageId",
         "attestationTimestampMs",
         "userDataHash",
+        "encryptionKey",
         "signature",
     }
     assert set(schemas["ChallengeResponse"]["properties"]) == {"nonce", "expiresInS"}

@@ -16,7 +16,8 @@ abstract contract EnclaveRegistry is Ownable2Step, EIP712 {
         bytes32 imageId; // keccak256(PCR0 || PCR1 || PCR2); zero when not registered
         uint64 expiresAt; // seconds
         uint64 imageEpoch; // the image's approval epoch at registration: live only while it is still current
-        bytes32 userDataHash; // keccak256 of the attested user_data (the model manifest digest), for auditors
+        bytes32 userDataHash; // keccak256 of the attested user_data (manifest digest [|| encryption key])
+        bytes32 encryptionKey; // the attested X25519 key inputs are sealed to; zero when the enclave has none
     }
 
     /// Approval of one image measurement. `epoch` counts revocations: an enclave registered under an
@@ -27,7 +28,7 @@ abstract contract EnclaveRegistry is Ownable2Step, EIP712 {
     }
 
     bytes32 public constant REGISTRATION_TYPEHASH = keccak256(
-        "EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash)"
+        "EnclaveRegistration(bytes publicKey,bytes32 imageId,uint64 attestationTimestampMs,bytes32 userDataHash,bytes32 encryptionKey)"
     );
 
     uint64 public maxAttestationAgeMs;
@@ -71,6 +72,7 @@ abstract contract EnclaveRegistry is Ownable2Step, EIP712 {
         address indexed verifier,
         uint64 attestationTimestampMs,
         bytes32 userDataHash,
+        bytes32 encryptionKey,
         uint64 expiresAt
     );
     event EnclaveRemoved(address indexed enclave);
@@ -95,14 +97,26 @@ abstract contract EnclaveRegistry is Ownable2Step, EIP712 {
     }
 
     /// @notice The digest an attestation verifier signs to register `publicKey`.
-    function registrationDigest(bytes calldata publicKey, bytes32 imageId, uint64 attestationTimestampMs, bytes32 userDataHash)
-        public
-        view
-        returns (bytes32)
-    {
+    function registrationDigest(
+        bytes calldata publicKey,
+        bytes32 imageId,
+        uint64 attestationTimestampMs,
+        bytes32 userDataHash,
+        bytes32 encryptionKey
+    ) public view returns (bytes32) {
         return _hashTypedDataV4(
-            keccak256(abi.encode(REGISTRATION_TYPEHASH, keccak256(publicKey), imageId, attestationTimestampMs, userDataHash))
+            keccak256(
+                abi.encode(
+                    REGISTRATION_TYPEHASH, keccak256(publicKey), imageId, attestationTimestampMs, userDataHash, encryptionKey
+                )
+            )
         );
+    }
+
+    /// @notice The X25519 public key `enclave` attested for sealed requests (docs/PROTOCOL.md): zero when it is
+    ///         not registered or registered without one. Liveness is a separate question (requireLiveEnclave).
+    function encryptionKeyOf(address enclave) external view returns (bytes32) {
+        return enclaves[enclave].encryptionKey;
     }
 
     /// @notice Whether `imageId` is approved now.
@@ -121,8 +135,11 @@ abstract contract EnclaveRegistry is Ownable2Step, EIP712 {
     /// @param publicKey The enclave's uncompressed secp256k1 key X || Y (64 bytes), as in the attestation.
     /// @param imageId keccak256(PCR0 || PCR1 || PCR2) of the attested image.
     /// @param attestationTimestampMs The attestation document's timestamp.
-    /// @param userDataHash keccak256 of the document's user_data (the model manifest digest). Covered by the
-    ///        verifier's signature and kept in the record as evidence of which model set the enclave attested.
+    /// @param userDataHash keccak256 of the document's user_data (the model manifest digest, then the encryption
+    ///        key if any). Covered by the verifier's signature and kept in the record as evidence of which model
+    ///        set the enclave attested.
+    /// @param encryptionKey The X25519 key the document binds (user_data[32:64]) for sealed requests; zero
+    ///        when its user_data is only the manifest digest. Covered by the verifier's signature.
     /// @param verifierSignature 65-byte signature of registrationDigest(...) by a trusted attestation verifier.
     /// @return enclave The enclave's address, which signs receipts.
     function registerEnclave(
@@ -130,10 +147,11 @@ abstract contract EnclaveRegistry is Ownable2Step, EIP712 {
         bytes32 imageId,
         uint64 attestationTimestampMs,
         bytes32 userDataHash,
+        bytes32 encryptionKey,
         bytes calldata verifierSignature
     ) external returns (address enclave) {
         if (publicKey.length != 64) revert InvalidPublicKey(publicKey.length);
-        bytes32 digest = registrationDigest(publicKey, imageId, attestationTimestampMs, userDataHash);
+        bytes32 digest = registrationDigest(publicKey, imageId, attestationTimestampMs, userDataHash, encryptionKey);
         address verifier = _recover(digest, verifierSignature);
         if (!attestationVerifiers[verifier]) revert UntrustedVerifier(verifier);
         if (usedRegistrations[digest]) revert RegistrationReplayed(digest);
@@ -146,8 +164,8 @@ abstract contract EnclaveRegistry is Ownable2Step, EIP712 {
         if (attestationTimestampMs + maxAttestationAgeMs < nowMs) revert StaleAttestation(attestationTimestampMs, nowMs);
         usedRegistrations[digest] = true;
         uint64 expiresAt = uint64(block.timestamp) + enclaveTtl;
-        enclaves[enclave] = Enclave(imageId, expiresAt, image.epoch, userDataHash);
-        emit EnclaveRegistered(enclave, imageId, verifier, attestationTimestampMs, userDataHash, expiresAt);
+        enclaves[enclave] = Enclave(imageId, expiresAt, image.epoch, userDataHash, encryptionKey);
+        emit EnclaveRegistered(enclave, imageId, verifier, attestationTimestampMs, userDataHash, encryptionKey, expiresAt);
     }
 
     /// @notice Reverts unless `enclave` is registered, unexpired, and its image is still approved in the

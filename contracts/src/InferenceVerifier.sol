@@ -15,6 +15,8 @@ import {TensorCodec} from "./TensorCodec.sol";
 ///         output and the requester is called back. Relays are trusted for liveness only: every fulfilment
 ///         is checked against a registered enclave of an approved image and model, the receipt names the
 ///         fulfiller (fulfilmentId), and the output must be the model's complete output layout.
+///         A sealed request carries its input HPKE-sealed to one enclave's attested encryption key
+///         (docs/PROTOCOL.md): only that enclave can answer it, and its output may be sealed to the requester.
 contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
     using ReceiptLib for ReceiptLib.Receipt;
 
@@ -30,9 +32,11 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
         uint64 deadline; // seconds
         uint32 callbackGasLimit;
         Status status;
+        address sealedTo; // the enclave a sealed request's input is sealed to; zero for a clear request
         bytes32 modelHash;
-        bytes32 inputHash;
+        bytes32 inputHash; // keccak256 of the input (of the ciphertext, for a sealed request)
         uint256 fee;
+        bytes32 outputKey; // X25519 key the output is sealed to (sealed requests only; zero = clear output)
     }
 
     struct Batch {
@@ -80,6 +84,8 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
     error InsufficientGasForCallback(uint256 available, uint256 needed);
     error NothingOwed(address payee);
     error TransferFailed(address to, uint256 amount);
+    error NoEncryptionKey(address enclave);
+    error SealedToAnotherEnclave(address expected, address actual);
 
     event ReceiptAnchored(
         bytes32 indexed digest,
@@ -109,6 +115,9 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
         uint64 timestampMs,
         bool callbackSucceeded
     );
+    /// Emitted with InferenceRequested for a sealed request: its input is sealed to `enclave`, and its output
+    /// will be sealed to `outputKey` (zero: the output is posted in clear).
+    event InferenceSealed(bytes32 indexed requestId, address indexed enclave, bytes32 outputKey);
     event InferenceCancelled(bytes32 indexed requestId, address indexed requester, uint256 refund);
     event PaymentDeferred(address indexed payee, uint256 amount);
     event Withdrawn(address indexed payee, address indexed to, uint256 amount);
@@ -196,6 +205,43 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
         payable
         returns (bytes32 requestId)
     {
+        return _request(modelHash, input, callbackGasLimit, timeout, address(0));
+    }
+
+    /// @notice Asks `enclave` for an inference of `modelHash` on an input only it can read; the fee
+    ///         (msg.value) pays the fulfiller. Relays and chain observers see the ciphertext alone.
+    /// @dev The receipt is the ordinary one, over inputHash = keccak256(sealedInput) and outputHash =
+    ///      keccak256(the output posted); only `enclave` may sign it. The enclave checks the output layout
+    ///      before sealing it, so fulfil skips that check for a sealed output.
+    /// @param enclave A live registered enclave with an encryption key (encryptionKeyOf).
+    /// @param sealedInput 0x01 || u16 aeadId || enc || HPKE-Seal(encryptionKeyOf(enclave), "verinfer.sealed.request.v1"
+    ///        || 0x00 || modelHash, the canonical tensor encoding of the inputs) (docs/PROTOCOL.md).
+    /// @param outputKey The requester's X25519 key for a sealed output; zero for an output in clear.
+    /// @param callbackGasLimit Gas for onInferenceResult (if the requester is a contract; 0 = no callback).
+    /// @param timeout Seconds after which the requester may cancel for a refund.
+    function requestSealedInference(
+        bytes32 modelHash,
+        address enclave,
+        bytes calldata sealedInput,
+        bytes32 outputKey,
+        uint32 callbackGasLimit,
+        uint64 timeout
+    ) external payable returns (bytes32 requestId) {
+        requireLiveEnclave(enclave);
+        if (enclaves[enclave].encryptionKey == bytes32(0)) revert NoEncryptionKey(enclave);
+        requestId = _request(modelHash, sealedInput, callbackGasLimit, timeout, enclave);
+        if (outputKey != bytes32(0)) requests[requestId].outputKey = outputKey;
+        emit InferenceSealed(requestId, enclave, outputKey);
+    }
+
+    /// @dev Checks and records a request (sealed to `sealedTo`, or clear when it is zero).
+    function _request(
+        bytes32 modelHash,
+        bytes calldata input,
+        uint32 callbackGasLimit,
+        uint64 timeout,
+        address sealedTo
+    ) private returns (bytes32 requestId) {
         if (modelLayouts[modelHash] == bytes32(0)) revert ModelNotApproved(modelHash);
         if (callbackGasLimit > MAX_CALLBACK_GAS) revert CallbackGasTooHigh(callbackGasLimit, MAX_CALLBACK_GAS);
         if (timeout < MIN_TIMEOUT || timeout > MAX_TIMEOUT) revert InvalidTimeout(timeout);
@@ -203,8 +249,17 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
         requestId = keccak256(abi.encode(block.chainid, address(this), msg.sender, ++requestCount));
         uint64 deadline = uint64(block.timestamp) + timeout;
         bytes32 inputHash = keccak256(input);
-        requests[requestId] =
-            Request(msg.sender, deadline, callbackGasLimit, Status.Pending, modelHash, inputHash, msg.value);
+        Request storage request = requests[requestId];
+        // Field by field rather than a struct literal: a literal would also write the zero outputKey of a
+        // clear request (a cold SSTORE, 2,200 gas for nothing).
+        request.requester = msg.sender;
+        request.deadline = deadline;
+        request.callbackGasLimit = callbackGasLimit;
+        request.status = Status.Pending;
+        request.sealedTo = sealedTo;
+        request.modelHash = modelHash;
+        request.inputHash = inputHash;
+        request.fee = msg.value;
         emit InferenceRequested(requestId, msg.sender, modelHash, inputHash, input, callbackGasLimit, msg.value, deadline);
     }
 
@@ -212,7 +267,8 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
     ///         back and pays the caller the fee. A reverting callback does not undo the fulfilment, but a
     ///         callback that could not be given its full gas reverts the whole fulfil.
     /// @dev The receipt must be over Receipt(fulfilmentId(requestId, msg.sender), modelHash, inputHash,
-    ///      keccak256(output), timestampMs), and `output` must have exactly the model's approved layout.
+    ///      keccak256(output), timestampMs), and `output` must have exactly the model's approved layout (unless
+    ///      it is sealed to the requester's outputKey). A sealed request takes only its enclave's receipt.
     /// @param enclave The enclave the relay claims signed (so a mismatch is reported as such).
     function fulfill(bytes32 requestId, bytes calldata output, uint64 timestampMs, address enclave, bytes calldata signature)
         external
@@ -240,9 +296,11 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
         if (status == Status.None) revert UnknownRequest(requestId);
         if (status != Status.Pending) revert RequestNotPending(requestId, status);
         if (block.timestamp > request.deadline) revert RequestExpired(requestId, request.deadline);
-        _requireCompleteOutput(request.modelHash, output);
+        address sealedTo = request.sealedTo;
+        _requireCompleteOutput(request.modelHash, output, sealedTo != address(0) && request.outputKey != bytes32(0));
         address recovered = _fulfilmentSigner(requestId, request, outputHash, timestampMs, signature);
         if (recovered != enclave) revert ReceiptSignerMismatch(enclave, recovered);
+        if (sealedTo != address(0) && sealedTo != enclave) revert SealedToAnotherEnclave(sealedTo, enclave);
         requireLiveEnclave(enclave);
         request.status = Status.Fulfilled;
         fee = request.fee;
@@ -264,10 +322,12 @@ contract InferenceVerifier is EnclaveRegistry, ReentrancyGuardTransient {
         return _recover(receipt.digest(), signature);
     }
 
-    /// @dev Reverts unless `output` holds exactly the approved model's outputs (names, dtypes, order).
-    function _requireCompleteOutput(bytes32 modelHash, bytes calldata output) private view {
+    /// @dev Reverts unless the model is still approved and `output` holds exactly its outputs (names, dtypes,
+    ///      order); a sealed output is ciphertext, whose layout the enclave checked before sealing it.
+    function _requireCompleteOutput(bytes32 modelHash, bytes calldata output, bool sealedOutput) private view {
         bytes32 expected = modelLayouts[modelHash];
         if (expected == bytes32(0)) revert ModelNotApproved(modelHash);
+        if (sealedOutput) return;
         bytes32 actual = TensorCodec.layoutHash(output);
         if (actual != expected) revert IncompleteOutput(expected, actual);
     }

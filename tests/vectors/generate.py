@@ -1,8 +1,10 @@
-"""Regenerate the shared test vectors (tensors.json, receipts.json, onchain.json) used by Python and Solidity.
+"""Regenerate the shared test vectors (tensors.json, receipts.json, onchain.json, sealing.json) used by Python
+and Solidity.
 
 Run: .venv/bin/python -m tests.vectors.generate. The vectors are committed; tests check the
 implementation still reproduces them byte for byte, so a change to the encoding cannot go unnoticed.
-The signing key below is a published test key: it signs nothing but these vectors.
+The signing key below is a published test key: it signs nothing but these vectors, and the X25519 keys of
+the sealing vectors are derived from labels: they seal nothing but these vectors.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from coincurve import PrivateKey
 
 from protocol.addresses import address_of, checksum_address
 from protocol.hashing import keccak256
+from protocol.hpke import AEAD_AES_128_GCM, AEAD_CHACHA20_POLY1305, SealingKey
 from protocol.onchain import fulfilment_id, output_layout
 from protocol.receipts import DOMAIN_SEPARATOR, RECEIPT_TYPEHASH, Receipt
+from protocol.sealing import commit_input, commit_output, seal_input, seal_output
 from protocol.tensors import encode_tensors
 
 HERE = Path(__file__).resolve().parent
@@ -141,11 +145,73 @@ def onchain_vectors() -> dict[str, object]:
     }
 
 
+COMMITMENT_CASES = [
+    ("zero salt, zero hash", bytes(32), bytes(32)),
+    ("all-ones salt", b"\xff" * 32, keccak256(b"hash")),
+    ("iris-mlp input", keccak256(b"salt 1"), keccak256(encode_tensors(TENSOR_CASES[0][1]))),
+]
+
+
+def _x25519(label: str) -> bytes:
+    """A vector's X25519 private key, derived from its label (any 32 bytes are a valid X25519 key)."""
+    return keccak256(b"verinfer sealing vector " + label.encode())
+
+
+def sealing_vectors() -> dict[str, object]:
+    """protocol/sealing.py: commitments (deterministic), and sealedInput/sealedOutput with fixed ephemeral
+    keys, so another implementation can check its bytes (and open ours with the published private keys)."""
+    enclave, requester = (
+        SealingKey.from_private_bytes(_x25519("enclave")),
+        SealingKey.from_private_bytes(_x25519("requester")),
+    )
+    sealed = []
+    for label, aead in (("ChaCha20-Poly1305", AEAD_CHACHA20_POLY1305), ("AES-128-GCM", AEAD_AES_128_GCM)):
+        model_hash = keccak256(f"model {label}".encode())
+        plaintext, output = encode_tensors(TENSOR_CASES[0][1]), encode_tensors(TENSOR_CASES[1][1])
+        sealed_input = seal_input(
+            enclave.public_key, model_hash, plaintext, aead, ephemeral_private=_x25519(f"input {label}")
+        )
+        sealed_output = seal_output(
+            requester.public_key, sealed_input, output, aead, ephemeral_private=_x25519(f"output {label}")
+        )
+        sealed.append(
+            {
+                "label": label,
+                "aeadId": aead,
+                "modelHash": "0x" + model_hash.hex(),
+                "input": "0x" + plaintext.hex(),
+                "inputEphemeralPrivateKey": "0x" + _x25519(f"input {label}").hex(),
+                "sealedInput": "0x" + sealed_input.hex(),
+                "output": "0x" + output.hex(),
+                "outputEphemeralPrivateKey": "0x" + _x25519(f"output {label}").hex(),
+                "sealedOutput": "0x" + sealed_output.hex(),
+            }
+        )
+    return {
+        "commitments": [
+            {
+                "label": label,
+                "salt": "0x" + salt.hex(),
+                "hash": "0x" + digest.hex(),
+                "inputCommitment": "0x" + commit_input(salt, digest).hex(),
+                "outputCommitment": "0x" + commit_output(salt, digest).hex(),
+            }
+            for label, salt, digest in COMMITMENT_CASES
+        ],
+        "enclavePrivateKey": "0x" + _x25519("enclave").hex(),
+        "enclavePublicKey": "0x" + enclave.public_key.hex(),
+        "requesterPrivateKey": "0x" + _x25519("requester").hex(),
+        "requesterPublicKey": "0x" + requester.public_key.hex(),
+        "sealed": sealed,
+    }
+
+
 def main() -> None:
     (HERE / "tensors.json").write_text(json.dumps(tensor_vectors(), indent=2) + "\n")
     (HERE / "receipts.json").write_text(json.dumps(receipt_vectors(), indent=2) + "\n")
     (HERE / "onchain.json").write_text(json.dumps(onchain_vectors(), indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {HERE / 'tensors.json'}, {HERE / 'receipts.json'} and {HERE / 'onchain.json'}")
+    (HERE / "sealing.json").write_text(json.dumps(sealing_vectors(), indent=2) + "\n")
+    print(f"wrote tensors.json, receipts.json, onchain.json and sealing.json in {HERE}")
 
 
 if __name__ == "__main__":
