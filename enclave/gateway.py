@@ -18,6 +18,7 @@ older than what the bounded memory still covers, so a request that carries a Dat
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -301,16 +302,23 @@ def _salt(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[bytes, list[tuple[b
     return salt, rest
 
 
+@functools.lru_cache(maxsize=64)
+def _date_seconds(value: bytes) -> float | None:
+    """An HTTP date as Unix seconds, None if it is not one. Cached: concurrent clients send the same few
+    values (one-second resolution), and parsing one costs more than the rest of the check."""
+    try:
+        return parsedate_to_datetime(value.decode("ascii")).timestamp()
+    except (UnicodeDecodeError, ValueError, TypeError):
+        return None
+
+
 def _check_date(headers: list[tuple[bytes, bytes]], replay: ReplayGuard) -> None:
     """Refuse an inner Date outside the replay window (RFC 9458 section 6.5), with the gateway's Date."""
     dates = [value for name, value in headers if name == b"date"]
     if not dates:
         return
     now = replay.clock()
-    try:
-        when = parsedate_to_datetime(dates[0].decode("ascii")).timestamp()
-    except (UnicodeDecodeError, ValueError, TypeError):
-        when = None
+    when = _date_seconds(dates[0])
     if when is not None and replay.horizon(now) <= when <= now + replay.window_s:
         return
     gateway_date = format_datetime(datetime.fromtimestamp(now, UTC), usegmt=True).encode()
