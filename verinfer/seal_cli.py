@@ -15,6 +15,8 @@ from typing import Any
 
 from attestation.cli import EXIT_OK, EXIT_REJECTED, UsageError, add_policy_options, verification_time
 
+from .verify_cli import add_pin_options
+
 DESCRIPTION = """\
 Seal a model's inputs to an attested enclave, for InferenceVerifier.requestSealedInference: the output is
 the sealedInput (0x hex) and the enclave address to name as its `enclave`. The attestation must verify
@@ -189,10 +191,7 @@ def register(subparsers: Any) -> None:
         "--input", required=True, metavar="FILE", help="JSON: an /infer request or its `inputs` value"
     )
     seal.add_argument("--aead", choices=sorted(AEADS), default="chacha20poly1305")
-    pins = seal.add_argument_group("image pin (one is required)")
-    pins.add_argument("--image-id", action="append", default=[], metavar="0xHEX")
-    pins.add_argument("--policy", metavar="FILE", help="JSON policy file (see `verinfer verify --help`)")
-    pins.add_argument("--allow-any-image", action="store_true", help="seal to an unpinned image (says so)")
+    add_pin_options(seal, "image pin (one is required)")
     add_policy_options(seal, json_output=False)
     seal.set_defaults(handler=cmd_seal)
 

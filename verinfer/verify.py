@@ -32,11 +32,13 @@ from attestation import AttestationError, Policy, VerifiedAttestation, decode, v
 from attestation.encoding import read_document_bytes
 from protocol.addresses import address_of, checksum_address
 from protocol.binding import BindingError, split_user_data
-from protocol.errors import RequestError
+from protocol.errors import ProtocolError, RequestError
 from protocol.hashing import keccak256
+from protocol.hpke import KEM_X25519_SHA256
 from protocol.images import image_id
 from protocol.inputs import parse_inputs
 from protocol.manifest import Manifest, ModelEntry, parse_manifest
+from protocol.ohttp import decode_key_configs
 from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
 from protocol.sealing import commit_input, commit_output
 from protocol.tensors import BY_V2, encode_tensors, tensors_from_json
@@ -282,6 +284,7 @@ def verify_inference(
     allow_any_image: bool = False,
     verified: VerifiedAttestation | None = None,
     salt: bytes | None = None,
+    key_configs: bytes | None = None,
 ) -> VerificationReport:
     """Check everything the evidence allows; see the module docstring.
 
@@ -289,7 +292,9 @@ def verify_inference(
     in the URL). `image_ids` pins the image like PCR0-2 do (any of them is accepted). `verified` is the
     result of `attestation.verify(attestation, policy, at)` when the caller has already run it for this
     document (verinfer.client, once per enclave): the chain is then not verified again for every receipt.
-    `salt` is a sealed request's commitment salt: its receipt commits to the hashes (protocol/sealing.py)."""
+    `salt` is a sealed request's commitment salt: its receipt commits to the hashes (protocol/sealing.py).
+    `key_configs` (the enclave's `application/ohttp-keys`, e.g. `ohttpKeys` of GET /attestation) adds the
+    check that they name the encryption key the document binds."""
     seal_in, seal_out = commitments(salt)
     report = VerificationReport(
         simulated=not policy.root.is_aws,
@@ -308,6 +313,8 @@ def verify_inference(
     user_data = check_signer(
         report, signed, attestation, policy=policy, at=at, image_ids=image_ids, verified=verified
     )
+    if key_configs is not None:
+        check_key_binding(report, key_configs, user_data)
 
     try:
         recomputed = output_hash(response.get("outputs"))
@@ -509,6 +516,28 @@ def commitments(salt: bytes | None) -> tuple[Commitment, Commitment]:
 
 def _salted(salt: bytes | None) -> str:
     return "" if salt is None else " (committed with the sealed request's salt)"
+
+
+def check_key_binding(report: VerificationReport, key_configs: bytes, user_data: bytes | None) -> None:
+    """encryption_key: every X25519 key configuration offered names the key user_data[32:64] binds, so
+    what is sealed to it can be opened only inside the attested enclave."""
+    try:
+        bound = split_user_data(user_data).encryption_key
+        configs = decode_key_configs(key_configs)
+    except ProtocolError as exc:
+        report.add("encryption_key", "fail", str(exc))
+        return
+    offered = [config.public_key for config in configs if config.kem_id == KEM_X25519_SHA256]
+    if bound is None:
+        report.add("encryption_key", "fail", "a key configuration is offered, but the document binds no key")
+    elif not offered or any(key != bound for key in offered):
+        report.add(
+            "encryption_key", "fail", "the key configuration names a key the attestation does not bind"
+        )
+    else:
+        report.add(
+            "encryption_key", "pass", f"the OHTTP key configuration names the attested key 0x{bound.hex()}"
+        )
 
 
 def attested_manifest_digest(user_data: bytes | None) -> bytes | None:

@@ -81,6 +81,23 @@ def _pinning(args: argparse.Namespace) -> tuple[Any, list[bytes]]:
     return policy, flag_images or list(pinned.image_ids)
 
 
+def _key_configs(args: argparse.Namespace) -> bytes | None:
+    """The `ohttpKeys` of a GET /attestation JSON answer, if the attestation file is one."""
+    import base64
+    import binascii
+
+    raw = _read_bytes(args.attestation, "attestation")
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    value = _loads(raw, args.attestation, "attestation").get("ohttpKeys")
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise UsageError(f"ohttpKeys in {args.attestation} is not base64: {exc}") from exc
+
+
 def _evidence(args: argparse.Namespace) -> tuple[bytes, Any]:
     """The attestation document and, if given, the manifest."""
     from protocol.manifest import ManifestError
@@ -111,6 +128,7 @@ def _verify_llm(args: argparse.Namespace, response: bytes) -> int:
         image_ids=image_ids,
         allow_any_image=args.allow_any_image,
         salt=_salt(args),
+        key_configs=_key_configs(args),
     )
     return _print_report(args, report)
 
@@ -162,8 +180,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
         image_ids=image_ids,
         allow_any_image=args.allow_any_image,
         salt=_salt(args),
+        key_configs=_key_configs(args),
     )
     return _print_report(args, report)
+
+
+def add_pin_options(parser: argparse.ArgumentParser, title: str) -> None:
+    """--image-id, --policy and --allow-any-image: how a command is told which image to trust."""
+    pins = parser.add_argument_group(title)
+    pins.add_argument(
+        "--image-id",
+        action="append",
+        default=[],
+        metavar="0xHEX",
+        help="accepted image, keccak256(PCR0 || PCR1 || PCR2) as the contract approves it (repeatable: any)",
+    )
+    pins.add_argument("--policy", metavar="FILE", help="JSON policy file (format: `verinfer verify --help`)")
+    pins.add_argument(
+        "--allow-any-image",
+        action="store_true",
+        help="accept an unpinned image, and say so (VERIFIED (ANY IMAGE: not pinned))",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -198,19 +235,6 @@ def register(subparsers: Any) -> None:
         metavar="0xHEX",
         help="a sealed request's commitment salt (its Verinfer-Input-Salt); the receipt commits to it",
     )
-    pins = check.add_argument_group("image pin (one is required for VERIFIED)")
-    pins.add_argument(
-        "--image-id",
-        action="append",
-        default=[],
-        metavar="0xHEX",
-        help="accepted image, keccak256(PCR0 || PCR1 || PCR2) as the contract approves it (repeatable: any)",
-    )
-    pins.add_argument("--policy", metavar="FILE", help="JSON policy file (format above)")
-    pins.add_argument(
-        "--allow-any-image",
-        action="store_true",
-        help="accept an unpinned image: the verdict says VERIFIED (ANY IMAGE: not pinned)",
-    )
+    add_pin_options(check, "image pin (one is required for VERIFIED)")
     add_policy_options(check)
     check.set_defaults(handler=cmd_verify)

@@ -24,7 +24,16 @@ from protocol import llm
 from protocol.manifest import Manifest
 from protocol.receipts import ReceiptError, SignedReceipt
 
-from .verify import Commitment, Status, VerificationReport, _check_model, check_signer, commitments, is_pinned
+from .verify import (
+    Commitment,
+    Status,
+    VerificationReport,
+    _check_model,
+    check_key_binding,
+    check_signer,
+    commitments,
+    is_pinned,
+)
 
 
 @dataclass
@@ -151,6 +160,7 @@ def verify_completion(
     image_ids: Collection[bytes] = (),
     allow_any_image: bool = False,
     salt: bytes | None = None,
+    key_configs: bytes | None = None,
 ) -> VerificationReport:
     """`salt`: the commitment salt of a sealed request (protocol/sealing.py); its receipt, chain and
     checkpoints start from the salted input commitment."""
@@ -176,6 +186,8 @@ def verify_completion(
     receipt = signed.receipt
     report.add("receipt", "pass", f"request {report.receipt['requestId']} at {receipt.timestamp_ms} ms")
     user_data = check_signer(report, signed, attestation, policy=policy, at=at, image_ids=image_ids)
+    if key_configs is not None:
+        check_key_binding(report, key_configs, user_data)
 
     if input_digest is None:
         report.add("input_hash", "skipped", "no request given: inputHash is not tied to what was asked")

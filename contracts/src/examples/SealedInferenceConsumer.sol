@@ -3,31 +3,25 @@ pragma solidity ^0.8.24;
 
 import {IInferenceConsumer} from "../IInferenceConsumer.sol";
 import {InferenceVerifier} from "../InferenceVerifier.sol";
+import {RefundableConsumer} from "./RefundableConsumer.sol";
 
 /// @title SealedInferenceConsumer
 /// @notice Example consumer of sealed requests: a user seals an input off-chain to an enclave's attested key
 ///         (InferenceVerifier.encryptionKeyOf; protocol/sealing.py seal_input), asks through this contract and
 ///         reads the answer stored here. With an output key the answer is sealed to the user, who opens it
 ///         off-chain (open_output): this contract, the relay and the chain hold ciphertext only.
-contract SealedInferenceConsumer is IInferenceConsumer {
-    InferenceVerifier public immutable verifier;
+contract SealedInferenceConsumer is RefundableConsumer {
     bytes32 public immutable modelHash;
 
     /// The output posted for each answered request: ciphertext when it was asked with an output key.
     mapping(bytes32 requestId => bytes output) public outputs;
     mapping(bytes32 requestId => bool) public answered;
-    /// Who asked for each pending request: the only one who may cancel it and take its refund.
-    mapping(bytes32 requestId => address asker) public askers;
 
-    error OnlyVerifier(address caller);
-    error NotAsker(bytes32 requestId, address caller);
-    error RefundFailed(address to, uint256 amount);
 
     event SealedRequestSent(bytes32 indexed requestId, address indexed asker, address indexed enclave);
     event SealedRequestAnswered(bytes32 indexed requestId, bytes32 outputHash);
 
-    constructor(InferenceVerifier verifier_, bytes32 modelHash_) {
-        verifier = verifier_;
+    constructor(InferenceVerifier verifier_, bytes32 modelHash_) RefundableConsumer(verifier_) {
         modelHash = modelHash_;
     }
 
@@ -47,28 +41,11 @@ contract SealedInferenceConsumer is IInferenceConsumer {
 
     /// @inheritdoc IInferenceConsumer
     /// @dev Stores the output as posted (about 700 gas a byte): callbackGasLimit must cover its size.
-    function onInferenceResult(bytes32 requestId, bytes calldata output) external {
-        if (msg.sender != address(verifier)) revert OnlyVerifier(msg.sender);
+    function onInferenceResult(bytes32 requestId, bytes calldata output) external onlyVerifier {
         outputs[requestId] = output;
         answered[requestId] = true;
         delete askers[requestId];
         emit SealedRequestAnswered(requestId, keccak256(output));
     }
 
-    /// @notice Cancels a timed-out request of the caller's and passes that request's refund (only) back.
-    /// @dev As ClassifierConsumer.cancel: the refund is the balance change across the verifier's cancel.
-    function cancel(bytes32 requestId) external {
-        if (askers[requestId] != msg.sender) revert NotAsker(requestId, msg.sender);
-        delete askers[requestId];
-        uint256 before = address(this).balance;
-        verifier.cancel(requestId);
-        uint256 refund = address(this).balance - before;
-        if (refund > 0) {
-            (bool paid,) = msg.sender.call{value: refund}("");
-            if (!paid) revert RefundFailed(msg.sender, refund);
-        }
-    }
-
-    /// @notice Takes verifier refunds (InferenceVerifier pays with a bounded stipend; this needs none).
-    receive() external payable {}
 }

@@ -5,6 +5,7 @@ import {Strings} from "@openzeppelin/contracts/utils/Strings.sol";
 
 import {IInferenceConsumer} from "../IInferenceConsumer.sol";
 import {InferenceVerifier} from "../InferenceVerifier.sol";
+import {RefundableConsumer} from "./RefundableConsumer.sol";
 import {TensorCodec} from "../TensorCodec.sol";
 
 /// @title TextCompletionConsumer
@@ -15,7 +16,7 @@ import {TensorCodec} from "../TensorCodec.sol";
 ///         2 length), usage uint32[2] (prompt tokens, completion tokens).
 /// @dev The callback gas asked for grows with maxTokens (the answer is written to storage, about 700 gas
 ///      a byte), so the fee a relay expects grows with it too.
-contract TextCompletionConsumer is IInferenceConsumer {
+contract TextCompletionConsumer is RefundableConsumer {
     struct Answer {
         bool answered;
         uint8 finishReason;
@@ -25,7 +26,6 @@ contract TextCompletionConsumer is IInferenceConsumer {
 
     uint8 internal constant UINT32 = 12;
 
-    InferenceVerifier public immutable verifier;
     bytes32 public immutable modelHash;
     uint32 public immutable maxTokensLimit;
     uint32 public immutable callbackGasBase;
@@ -35,13 +35,8 @@ contract TextCompletionConsumer is IInferenceConsumer {
     string public modelName;
 
     mapping(bytes32 requestId => Answer) private _answers;
-    /// Who asked for each pending request: the only one who may cancel it and take its refund.
-    mapping(bytes32 requestId => address asker) public askers;
     bytes32 public lastRequestId;
 
-    error OnlyVerifier(address caller);
-    error NotAsker(bytes32 requestId, address caller);
-    error RefundFailed(address to, uint256 amount);
     error InvalidMaxTokens(uint32 maxTokens, uint32 limit);
     error CallbackGasOverLimit(uint256 needed, uint256 limit);
     error MalformedCompletion();
@@ -57,10 +52,9 @@ contract TextCompletionConsumer is IInferenceConsumer {
         uint32 callbackGasBase_,
         uint32 callbackGasPerToken_,
         uint64 timeout_
-    ) {
+    ) RefundableConsumer(verifier_) {
         uint256 most = uint256(callbackGasBase_) + uint256(callbackGasPerToken_) * maxTokensLimit_;
         if (most > verifier_.MAX_CALLBACK_GAS()) revert CallbackGasOverLimit(most, verifier_.MAX_CALLBACK_GAS());
-        verifier = verifier_;
         modelHash = modelHash_;
         modelName = modelName_;
         maxTokensLimit = maxTokensLimit_;
@@ -104,8 +98,7 @@ contract TextCompletionConsumer is IInferenceConsumer {
     /// @inheritdoc IInferenceConsumer
     /// @dev The verifier has checked the output's layout (names, dtypes, order); the element counts are
     ///      checked here. The text is copied from calldata straight to storage.
-    function onInferenceResult(bytes32 requestId, bytes calldata output) external {
-        if (msg.sender != address(verifier)) revert OnlyVerifier(msg.sender);
+    function onInferenceResult(bytes32 requestId, bytes calldata output) external onlyVerifier {
         bytes memory encoded = output;
         TensorCodec.Tensor[] memory tensors = TensorCodec.decode(encoded);
         if (tensors.length != 3) revert MalformedCompletion();
@@ -134,20 +127,4 @@ contract TextCompletionConsumer is IInferenceConsumer {
         return (stored.answered, stored.text, stored.finishReason, stored.completionTokens);
     }
 
-    /// @notice Cancels a timed-out request of the caller's and passes that request's refund (only) back.
-    /// @dev As ClassifierConsumer.cancel: the refund is the balance change across the verifier's cancel.
-    function cancel(bytes32 requestId) external {
-        if (askers[requestId] != msg.sender) revert NotAsker(requestId, msg.sender);
-        delete askers[requestId];
-        uint256 before = address(this).balance;
-        verifier.cancel(requestId);
-        uint256 refund = address(this).balance - before;
-        if (refund > 0) {
-            (bool paid,) = msg.sender.call{value: refund}("");
-            if (!paid) revert RefundFailed(msg.sender, refund);
-        }
-    }
-
-    /// @notice Takes verifier refunds (InferenceVerifier pays with a bounded stipend; this needs none).
-    receive() external payable {}
 }
