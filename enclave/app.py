@@ -9,6 +9,7 @@ goes through the one responder of protocol/edge.py, in the shape of the route's 
 
 from __future__ import annotations
 
+import base64
 from functools import partial
 from typing import Any
 
@@ -135,10 +136,12 @@ async def get_attestation(request: Request, nonce: str | None = NONCE_QUERY) -> 
     """
     service = _service(request)
     document = service.attestation(parse_nonce(nonce))
-    headers = _state(request).extra_headers
+    state = _state(request)
     if "application/cbor" in request.headers.get("accept", ""):
-        return Response(document, media_type="application/cbor", headers=headers)
-    return json_response(service.attestation_json(document), headers=headers)
+        return Response(document, media_type="application/cbor", headers=state.extra_headers)
+    body = service.attestation_json(document)
+    body["ohttpKeys"] = base64.b64encode(state.gateway.keys_body).decode()
+    return json_response(body, headers=state.extra_headers)
 
 
 async def get_models(request: Request) -> Response:

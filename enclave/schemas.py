@@ -166,6 +166,10 @@ class AttestationResponse(BaseModel):
         description="0x hex X25519 public key requests are sealed to (the attested user_data[32:64]); "
         "its OHTTP key configuration is at GET /.well-known/ohttp-gateway"
     )
+    ohttpKeys: str = Field(
+        description="base64 of the gateway's application/ohttp-keys (RFC 9458): its configuration names "
+        "encryptionKey"
+    )
     summary: AttestationSummary
 
 

@@ -253,16 +253,20 @@ def _field_lines(data: bytes, pos: int, end: int, section: _Section) -> tuple[Fi
             raise BhttpError(f"a field line overruns the {section.where}' declared length")
         if len(fields) >= MAX_FIELD_LINES:
             raise BhttpError(f"the {section.where} have more than {MAX_FIELD_LINES} field lines")
-        if _NAME_RE.fullmatch(name) is None:
-            _name_error(name)
-        if value and (
-            len(value.translate(None, _NUL_CR_LF)) != len(value)
-            or value[0] in _SP_HTAB
-            or value[-1] in _SP_HTAB
-        ):
-            _value_error(name, value)
+        _check_field(name, value)
         fields.append((name, value))
     return tuple(fields), pos
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    """One field line's rules, decoding and encoding alike: a lower-case token name, and a value with no
+    NUL, CR or LF and no surrounding whitespace (RFC 9292 section 3.6, RFC 9113 section 8.2.1)."""
+    if _NAME_RE.fullmatch(name) is None:
+        _name_error(name)
+    if value and (
+        len(value.translate(None, _NUL_CR_LF)) != len(value) or value[0] in _SP_HTAB or value[-1] in _SP_HTAB
+    ):
+        _value_error(name, value)
 
 
 def _field_section(data: bytes, pos: int, indeterminate: bool, section: _Section) -> tuple[Fields, int]:
@@ -384,14 +388,7 @@ def _encode_fields(fields: list[tuple[bytes, bytes]], indeterminate: bool, where
         return b"\x00"  # an empty section: a zero length, or just the terminator
     parts: list[bytes] = []
     for name, value in fields:
-        if _NAME_RE.fullmatch(name) is None:
-            _name_error(name)
-        if value and (
-            len(value.translate(None, _NUL_CR_LF)) != len(value)
-            or value[0] in _SP_HTAB
-            or value[-1] in _SP_HTAB
-        ):
-            _value_error(name, value)
+        _check_field(name, value)
         size = len(name)
         parts += (_ONE_BYTE_VARINTS[size] if size < 64 else encode_varint(size), name)
         size = len(value)

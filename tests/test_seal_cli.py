@@ -6,6 +6,7 @@ only what was sealed to its attested key for the model named, and seals the outp
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -150,3 +151,28 @@ def test_infer_sealed_refuses_what_it_cannot_open(server: str, evidence: Path, s
     bad = httpx.post(server + "/infer/sealed", json={"model": "iris-mlp", "sealed_input": "nothex", "x": 1})
     assert bad.status_code == 400
     assert httpx.get(server + "/v2/health/ready").status_code == 200
+
+
+def test_verify_checks_that_the_offered_key_is_the_attested_one(
+    server: str, evidence: Path, server_pki: Path
+) -> None:
+    response = evidence / "response.json"
+    response.write_bytes(
+        httpx.post(server + "/infer", json={"model": "iris-mlp", "inputs": FEATURES}).content
+    )
+    args = [
+        "verify", response, "--attestation", evidence / "attestation.json", "--manifest",
+        evidence / "manifest.json", "--request", evidence / "request.json", "--root", server_pki / "root.pem",
+        "--allow-any-image", "--json",
+    ]  # fmt: skip
+    checks = {c["name"]: c["status"] for c in json.loads(verinfer(*args).stdout)["checks"]}
+    assert checks["encryption_key"] == "pass"
+
+    attestation = json.loads((evidence / "attestation.json").read_text())
+    keys = bytearray(base64.b64decode(attestation["ohttpKeys"]))
+    keys[5] ^= 0x01  # a byte of the public key: a key configuration the document does not bind
+    attestation["ohttpKeys"] = base64.b64encode(bytes(keys)).decode()
+    (evidence / "attestation.json").write_text(json.dumps(attestation))
+    result = verinfer(*args)
+    checks = {c["name"]: c["status"] for c in json.loads(result.stdout)["checks"]}
+    assert result.returncode == 1 and checks["encryption_key"] == "fail"
