@@ -160,7 +160,7 @@ def test_verify_checks_that_the_offered_key_is_the_attested_one(
     response.write_bytes(
         httpx.post(server + "/infer", json={"model": "iris-mlp", "inputs": FEATURES}).content
     )
-    args = [
+    args: list[str | Path] = [
         "verify", response, "--attestation", evidence / "attestation.json", "--manifest",
         evidence / "manifest.json", "--request", evidence / "request.json", "--root", server_pki / "root.pem",
         "--allow-any-image", "--json",

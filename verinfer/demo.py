@@ -21,6 +21,7 @@ import numpy as np
 from eth_account import Account
 from web3.logs import DISCARD
 
+from attestation import Policy, TrustedRoot
 from attestation.measure import measure_tree
 from enclave.image import measure_image
 from protocol import merkle
@@ -31,6 +32,7 @@ from relay.chain import TxSender, connect, deploy
 from relay.deployment import configure, deploy_verifier, served_approvals
 
 from .cli import main as verinfer
+from .client import Client
 from .processes import (
     ANVIL_KEYS,
     VERINFER,
@@ -197,7 +199,28 @@ def inference_steps(url: str, pki: Path) -> None:
     (WORK / "forged-iris-mlp.json").write_text(json.dumps(forged))
     forged_command = verify_command(WORK / "forged-iris-mlp.json", WORK / "request-iris-mlp.json", pki, nonce)
     run(*forged_command, expect=1)
+    sealed_step(url, pki)
     llm_steps(url, pki, nonce)
+
+
+def sealed_step(url: str, pki: Path) -> None:
+    """A request sealed to the attested X25519 key: the host and its proxy carry ciphertext only."""
+
+    step(
+        "12. A sealed request: Oblivious HTTP to the enclave's attested X25519 key (the host sees ciphertext)"
+    )
+    clear = json.loads((WORK / "response-iris-mlp.json").read_text())
+    request = demo_requests()["iris-mlp"]
+    pinned = "0x" + image_id(measure_image(REPO / "models").pcrs).hex()
+    trust = Policy(root=TrustedRoot.from_file(pki / "root.pem"))
+    with Client(url, trust, image_ids=[pinned], sealed=True) as client:
+        print(f"key configuration of {url}/.well-known/ohttp-gateway checked against the attested user_data")
+        result = client.infer("iris-mlp", request["inputs"])
+    print(
+        f"iris-mlp: {result['probabilities'].tolist()} (the same as in clear: {clear['outputs'][0]['data']})"
+    )
+    print(f"  verified, signed by {result.receipt['enclave']}; inputHash is a salted commitment:")
+    print(f"  sealed {result.receipt['inputHash']}\n  clear  {clear['receipt']['inputHash']}")
 
 
 ARTICLE_PROMPT = "Ethereum is the community-run technology"
@@ -206,7 +229,7 @@ ARTICLE_GPT2_XL = (22.09, 1.63)  # the article's GPT2-XL in a 12-vCPU enclave: s
 
 def llm_steps(url: str, pki: Path, nonce: str) -> None:
     """The article's prompt to the LLM, streamed over the OpenAI API with checkpoints and a final receipt."""
-    step("12. The article's LLM prompt over the OpenAI API (POST /v1/completions, streamed, chained chunks)")
+    step("13. The article's LLM prompt over the OpenAI API (POST /v1/completions, streamed, chained chunks)")
     request = json.dumps(
         {"model": LLM, "prompt": ARTICLE_PROMPT, "max_tokens": 64, "temperature": 0, "stream": True}
     ).encode()
@@ -243,12 +266,12 @@ def llm_steps(url: str, pki: Path, nonce: str) -> None:
         f"{(first_token or started) - started:.3f} s), {checkpoints} signed checkpoint(s) and a final receipt"
     )
     print(f"article: GPT2-XL (a far larger model) in a 12-vCPU enclave, {seconds} s, {article_rate} tokens/s")
-    step("13. Verify the completion offline: request bytes, chain, checkpoints, final receipt, attestation")
+    step("14. Verify the completion offline: request bytes, chain, checkpoints, final receipt, attestation")
     run(*verify_command(WORK / "response-llm.sse", WORK / "request-llm.json", pki, nonce))
 
 
 def chain_steps(url: str, pki: Path) -> None:
-    step("14. Start a local EVM (anvil, pinned in package.json) and deploy the InferenceVerifier")
+    step("15. Start a local EVM (anvil, pinned in package.json) and deploy the InferenceVerifier")
     with ExitStack() as stack:
         rpc = stack.enter_context(running_anvil())
         w3 = connect(rpc)
@@ -257,7 +280,7 @@ def chain_steps(url: str, pki: Path) -> None:
         contract = deploy_verifier(admin)
         print(f"anvil at {rpc}; InferenceVerifier at {contract.address} (admin {admin.account.address})")
 
-        step("15. The admin approves the image (keccak256(PCR0||PCR1||PCR2)), the models and a verifier key")
+        step("16. The admin approves the image (keccak256(PCR0||PCR1||PCR2)), the models and a verifier key")
         pcrs = measure_image(REPO / "models").pcrs
         image = image_id(pcrs)
         models = json.loads((WORK / "manifest.json").read_text())["models"]
@@ -271,7 +294,7 @@ def chain_steps(url: str, pki: Path) -> None:
         print(f"image 0x{image.hex()} (PCR0 {pcrs[0].hex()[:24]}...)")
         print(f"models: {', '.join(m['name'] for m in models)}; verifier {verifier_key.address}")
 
-        step("16. Register the enclave through the attestation verifier service (fresh nonce, PCR policy)")
+        step("17. Register the enclave through the attestation verifier service (fresh nonce, PCR policy)")
         verifier_port = free_port()
         stack.enter_context(
             background(
@@ -309,7 +332,7 @@ def chain_steps(url: str, pki: Path) -> None:
             f"http://127.0.0.1:{verifier_port}",
         )
 
-        step("17. A consumer contract asks mnist-lenet for a digit; the relay serves it through the enclave")
+        step("18. A consumer contract asks mnist-lenet for a digit; the relay serves it through the enclave")
         consumer = deploy(
             admin,
             "ClassifierConsumer",
@@ -375,7 +398,7 @@ def chain_steps(url: str, pki: Path) -> None:
         print(f"callback landed: consumer.labels(request) = {consumer.functions.labels(request_id).call()}")
         onchain_completion(admin, user, contract, models)
 
-        step("19. The relay anchors the enclave's HTTP receipts as one Merkle batch; one is proven on-chain")
+        step("20. The relay anchors the enclave's HTTP receipts as one Merkle batch; one is proven on-chain")
         wait(lambda: bool(contract.events.BatchAnchored().get_logs(from_block=0)), "a batch")
         batch = contract.events.BatchAnchored().get_logs(from_block=0)[0]["args"]
         root = bytes(batch["root"])
@@ -387,7 +410,7 @@ def chain_steps(url: str, pki: Path) -> None:
 
 def onchain_completion(admin: TxSender, user: TxSender, contract: Any, models: list[dict[str, Any]]) -> None:
     """The article's prompt asked by a contract; the relay posts the on-chain body verbatim to /v1."""
-    step("18. A TextCompletionConsumer asks the LLM the article's prompt on chain; the relay serves it")
+    step("19. A TextCompletionConsumer asks the LLM the article's prompt on chain; the relay serves it")
     llm = next(m for m in models if m["name"] == LLM)
     # callback gas = 100,000 + 6,000 per token asked for; at most 256 tokens; one hour to answer
     consumer = deploy(
