@@ -91,6 +91,7 @@ def test_untouched_evidence_verifies(capsys, evidence) -> None:
         "attestation",
         "enclave_key",
         "signature",
+        "encryption_key",  # the attestation JSON carries ohttpKeys: they must name the attested key
         "output_hash",
         "input_hash",
         "model",
