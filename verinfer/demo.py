@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 from eth_account import Account
 from web3.logs import DISCARD
 
@@ -217,7 +218,8 @@ def sealed_step(url: str, pki: Path) -> None:
         print(f"key configuration of {url}/.well-known/ohttp-gateway checked against the attested user_data")
         result = client.infer("iris-mlp", request["inputs"])
     print(
-        f"iris-mlp: {result['probabilities'].tolist()} (the same as in clear: {clear['outputs'][0]['data']})"
+        f"iris-mlp: {orjson.dumps(result['probabilities'], option=orjson.OPT_SERIALIZE_NUMPY).decode()} "
+        f"(the same as in clear: {clear['outputs'][0]['data']})"
     )
     print(f"  verified, signed by {result.receipt['enclave']}; inputHash is a salted commitment:")
     print(f"  sealed {result.receipt['inputHash']}\n  clear  {clear['receipt']['inputHash']}")
