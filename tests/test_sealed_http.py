@@ -7,6 +7,7 @@ for a client that is not itself. verinfer.client's sealed mode is tested at the 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 from attestation import Policy, TrustedRoot, decode
 from protocol.manifest import load_manifest
 from protocol.sealing import commit_input, commit_output
-from verinfer.client import AttestationError, Client
+from verinfer.client import AsyncClient, AttestationError, Client
 from verinfer.processes import VERINFER, free_port, stop
 from verinfer.verify import verify_inference
 
@@ -420,3 +421,17 @@ def test_a_sealed_completion_verifies_and_leaves_no_public_signature(server: str
     completion_id = "cmpl-" + reply.receipt["requestId"][2:]
     assert httpx.get(f"{server}/v1/signature/{completion_id}").status_code == 404
     assert httpx.get(f"{server}/v1/signature/cmpl-{clear.receipt['requestId'][2:]}").status_code == 200
+
+
+def test_the_async_client_seals_too(server: str, server_pki: Path) -> None:
+    async def ask() -> tuple[np.ndarray, str]:
+        async with AsyncClient(server, trust(server_pki), allow_any_image=True, sealed=True) as client:
+            result = await client.infer("iris-mlp", [FEATURES])
+            with pytest.raises(ValueError, match="sealed client answers whole completions"):
+                await client.complete_stream("Ethereum is", max_tokens=4)
+            return result["probabilities"], result.receipt["inputHash"]
+
+    probabilities, input_hash = asyncio.run(ask())
+    clear = httpx.post(server + "/infer", content=infer_body()).json()
+    assert np.array_equal(probabilities.ravel(), np.asarray(clear["outputs"][0]["data"], dtype=np.float32))
+    assert input_hash != clear["receipt"]["inputHash"]

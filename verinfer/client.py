@@ -98,6 +98,7 @@ DEFAULT_TIMEOUT = 60.0
 _CBOR = {"Accept": "application/cbor"}
 _JSON = {"Content-Type": "application/json"}
 T = TypeVar("T")
+SEALED_STREAMS = "a sealed client answers whole completions (OHTTP is one message): use chat()/complete()"
 
 
 def _content(response: httpx.Response) -> bytes:
@@ -235,9 +236,7 @@ class Client(_Base):
         self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
     ) -> TextStream:
         if self._sealed:
-            raise ValueError(
-                "a sealed client answers whole completions (OHTTP is one message): use chat()/complete()"
-            )
+            raise ValueError(SEALED_STREAMS)
         body = llm_body(self.attestation.manifest, model, fields, options, stream=True)
         verifier = StreamVerifier(self._trust, body)
         return TextStream(verifier, self._pieces(path, body, verifier))
@@ -283,8 +282,9 @@ class AsyncClient(_Base):
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: dict[str, str] | None = None,
+        sealed: bool = False,
     ) -> None:
-        super().__init__(trust, image_ids, allow_any_image, sealed=False)
+        super().__init__(trust, image_ids, allow_any_image, sealed)
         self._first_contact = asyncio.Lock()  # concurrent first requests attest once
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport, headers=headers)
 
@@ -302,8 +302,21 @@ class AsyncClient(_Base):
         answer = await self._http.get("/attestation", params={"nonce": nonce.hex()}, headers=_CBOR)
         document, verified, at = check_document(_content(answer), nonce, self._trust)
         manifest = bind_manifest(verified, _content(await self._http.get("/models")))
+        if self._sealed:  # the gateway's key must be the attested one before anything is sealed
+            keys = _content(await self._http.get(GATEWAY_PATH, headers=KEYS_HEADERS))
+            self._key_config = bound_key_config(verified, keys)
         self._attested = Attested(document, verified, manifest, nonce, at)
         return self._attested
+
+    async def _post(self, path: str, body: bytes) -> tuple[bytes, bytes | None]:
+        """As Client._post: sealed to the attested key when the client seals."""
+        if not self._sealed:
+            return _content(await self._http.post(path, content=body, headers=_JSON)), None
+        await self.attestation()
+        assert self._key_config is not None
+        exchange = seal_request(self._key_config, path, body)
+        answer = await self._http.post(GATEWAY_PATH, content=exchange.enc_request, headers=REQUEST_HEADERS)
+        return exchange.open(answer.status_code, answer.content), exchange.salt
 
     async def attestation(self) -> Attested:
         """The verified enclave (attesting on first use)."""
@@ -323,19 +336,19 @@ class AsyncClient(_Base):
     async def infer(self, model: str, inputs: Any, *, request_id: bytes | str | None = None) -> InferResult:
         await self.attestation()
         body = orjson.dumps(infer_body(model, inputs, request_id))
-        content = _content(await self._http.post("/infer", content=body, headers=_JSON))
+        content, salt = await self._post("/infer", body)
         sent = orjson.loads(body)
         return await self._checked(
-            lambda att, final: check_infer(att, self._trust, sent, content, final=final)
+            lambda att, final: check_infer(att, self._trust, sent, content, final=final, salt=salt)
         )
 
     async def _generate(
         self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
     ) -> Completion:
         body = llm_body((await self.attestation()).manifest, model, fields, options)
-        content = _content(await self._http.post(path, content=body, headers=_JSON))
+        content, salt = await self._post(path, body)
         return await self._checked(
-            lambda att, final: check_completion(att, self._trust, body, content, final=final)
+            lambda att, final: check_completion(att, self._trust, body, content, final=final, salt=salt)
         )
 
     async def chat(
@@ -359,6 +372,8 @@ class AsyncClient(_Base):
     async def _stream(
         self, path: str, model: str | None, fields: dict[str, Any], options: dict[str, Any]
     ) -> AsyncTextStream:
+        if self._sealed:
+            raise ValueError(SEALED_STREAMS)
         body = llm_body((await self.attestation()).manifest, model, fields, options, stream=True)
         verifier = StreamVerifier(self._trust, body)
         return AsyncTextStream(verifier, self._pieces(path, body, verifier))
