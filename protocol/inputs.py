@@ -81,6 +81,8 @@ def to_array(
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
                 raise _not_finite(spec)
             raise bad_request("invalid_value", f"{spec.name}: values exceed the range of {spec.dtype.name}")
+    elif spec.dtype.numpy == np.bool_:
+        array = _bools(spec, raw)
     else:
         info = np.iinfo(spec.dtype.numpy)
         wanted = f"{spec.name}: expected integers of type {spec.dtype.name}"
@@ -99,6 +101,16 @@ def to_array(
         array = array.reshape(shape)
     check_shape(spec, array.shape)
     return np.ascontiguousarray(array)
+
+
+def _bools(spec: TensorSpec, raw: np.ndarray) -> np.ndarray:
+    """A BOOL tensor from the JSON numbers 0 and 1 (JSON true/false are refused above, as everywhere):
+    anything else is refused rather than read as numpy would, where every non-zero number is true."""
+    if raw.dtype.kind == "f" and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+        raise bad_request("invalid_dtype", f"{spec.name}: expected 0 or 1 for type {spec.dtype.name}")
+    if raw.size and ((raw != 0) & (raw != 1)).any():
+        raise bad_request("invalid_value", f"{spec.name}: values of type {spec.dtype.name} must be 0 or 1")
+    return raw.astype(np.bool_)
 
 
 def from_raw(spec: TensorSpec, data: bytes, shape: Sequence[int], *, max_elements: int) -> np.ndarray:

@@ -3,7 +3,6 @@
 // enclave's: a value it would refuse (wrong name, shape, dtype, a non-number, a non-finite or
 // out-of-range value, ragged lists) is a RequestError here too.
 import { get, has, isObject, pyRepr } from "./json.mjs";
-import { UnexpectedInput } from "./llm.mjs";
 import { BY_V2, doubleToFloat, intRange, intToFloat, nestedShape, packElements } from "./tensors.mjs";
 
 export const MAX_BATCH_ELEMENTS = 1 << 22;
@@ -86,12 +85,18 @@ export function toArray(spec, data, shape = null, maxElements = MAX_BATCH_ELEMEN
   if (leaves.length > maxElements) {
     throw bad("tensor_too_large", `${spec.name}: more than ${maxElements} elements`);
   }
-  if (dtype.kind === "b") {
-    // protocol/inputs.py calls np.iinfo on a bool dtype here, which raises: no JSON bool input is accepted
-    throw new UnexpectedInput(`${spec.name}: bool inputs cannot be read from JSON numbers`);
-  }
   let values;
-  if (dtype.kind === "f") {
+  if (dtype.kind === "b") {
+    // the JSON numbers 0 and 1 only (protocol/inputs.py _bools); JSON true/false were refused above
+    const doubles = leaves.map(Number);
+    if (kind === "f" && !doubles.every((x) => Number.isFinite(x) && x === Math.round(x))) {
+      throw bad("invalid_dtype", `${spec.name}: expected 0 or 1 for type ${dtype.name}`);
+    }
+    if (!doubles.every((x) => x === 0 || x === 1)) {
+      throw bad("invalid_value", `${spec.name}: values of type ${dtype.name} must be 0 or 1`);
+    }
+    values = doubles.map((x) => x === 1);
+  } else if (dtype.kind === "f") {
     // np.array(data).astype(float): from float64 (every leaf a double) or directly from int64/uint64
     values = leaves.map((v) => (kind === "f" ? doubleToFloat(Number(v), dtype) : intToFloat(v, dtype)));
     if (!values.every(Number.isFinite)) {
