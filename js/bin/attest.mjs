@@ -14,6 +14,7 @@ import {
   toHex,
   verifyAttestation,
 } from '../src/attestation.mjs'
+import { civilFromDays } from '../src/attestation/x509.mjs'
 
 export const EXIT_OK = 0
 export const EXIT_REJECTED = 1
@@ -290,15 +291,7 @@ export function parseIsoTime(text) {
 function isoFromMillis(ms) {
   const days = Math.floor(ms / 86400000)
   const rest = ms - days * 86400000
-  const z = days + 719468
-  const era = Math.floor(z / 146097)
-  const doe = z - era * 146097
-  const yoe = Math.floor((doe - Math.floor(doe / 1460) + Math.floor(doe / 36524) - Math.floor(doe / 146096)) / 365)
-  const doy = doe - (365 * yoe + Math.floor(yoe / 4) - Math.floor(yoe / 100))
-  const mp = Math.floor((5 * doy + 2) / 153)
-  const d = doy - Math.floor((153 * mp + 2) / 5) + 1
-  const m = mp < 10 ? mp + 3 : mp - 9
-  const y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+  const [y, m, d] = civilFromDays(days)
   const pad = (n, w = 2) => String(n).padStart(w, '0')
   const seconds = Math.floor(rest / 1000)
   const millis = rest % 1000

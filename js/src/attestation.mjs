@@ -10,6 +10,7 @@ import { verifyChain, loadable } from './attestation/chain.mjs'
 import { ecdsaVerify, setEcdsaBackend } from './attestation/ecdsa.mjs'
 import { AttestationError, Reason, malformed } from './attestation/errors.mjs'
 import { AWS_NITRO_ROOT_G1_PEM } from './roots/aws_nitro_root_g1.mjs'
+import { concatBytes } from './bytes.mjs'
 
 export { AttestationError, Reason, setEcdsaBackend }
 
@@ -75,13 +76,7 @@ function bytesEqual(a, b) {
 }
 
 function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-  let offset = 0
-  for (const part of parts) {
-    out.set(part, offset)
-    offset += part.length
-  }
-  return out
+  return concatBytes(...parts)
 }
 
 function asBytes(data) {

@@ -10,6 +10,8 @@
 // tags Tagged, true/false/null as themselves. A break code inside a definite-length array is kept as the
 // BREAK symbol, as the Python decoder keeps its _BREAK marker there.
 
+import { concatBytes } from '../bytes.mjs'
+
 export const MAX_DEPTH = 16
 
 export class CborError extends Error {}
@@ -110,13 +112,7 @@ class Decoder {
       }
       parts.push(this.take(this.argument(initial & 0x1f)))
     }
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-    let offset = 0
-    for (const part of parts) {
-      out.set(part, offset)
-      offset += part.length
-    }
-    return out
+    return concatBytes(...parts)
   }
 
   item(depth) {

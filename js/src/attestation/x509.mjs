@@ -751,10 +751,8 @@ export function epochSeconds(t) {
   return daysFromCivil(t.year, t.month, t.day) * 86400 + t.hour * 3600 + t.minute * 60 + t.second
 }
 
-export function isoTime(seconds) {
-  const days = Math.floor(seconds / 86400)
-  const rest = seconds - days * 86400
-  // civil_from_days
+/** Proleptic Gregorian [year, month, day] of a day count since 1970-01-01 (Hinnant's civil_from_days). */
+export function civilFromDays(days) {
   const z = days + 719468
   const era = Math.floor(z / 146097)
   const doe = z - era * 146097
@@ -763,7 +761,14 @@ export function isoTime(seconds) {
   const mp = Math.floor((5 * doy + 2) / 153)
   const d = doy - Math.floor((153 * mp + 2) / 5) + 1
   const m = mp < 10 ? mp + 3 : mp - 9
-  const y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+  return [yoe + era * 400 + (m <= 2 ? 1 : 0), m, d]
+}
+
+/** Python's isoformat of a UTC datetime at whole seconds, e.g. 2026-12-07T15:29:00+00:00. */
+export function isoTime(seconds) {
+  const days = Math.floor(seconds / 86400)
+  const rest = seconds - days * 86400
+  const [y, m, d] = civilFromDays(days)
   const pad = (n, w = 2) => String(n).padStart(w, '0')
   const h = Math.floor(rest / 3600)
   const mi = Math.floor((rest % 3600) / 60)
