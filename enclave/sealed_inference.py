@@ -25,10 +25,8 @@ from .service import EnclaveService, check_finite, parse_request_id
 _FIELDS = frozenset({"model", "sealed_input", "request_id", "output_key"})
 
 
-def _hex_field(request: dict[str, Any], name: str, size: int | None = None) -> bytes | None:
-    value = request.get(name)
-    if value is None:
-        return None
+def _hex(value: Any, name: str, size: int | None = None) -> bytes:
+    """0x-prefixed hex of `size` bytes (any non-zero size without one), else a 400 naming the field."""
     raw = b""
     if isinstance(value, str) and value.startswith("0x"):
         try:
@@ -71,10 +69,9 @@ def sealed_inference(service: EnclaveService, body: bytes) -> dict[str, Any]:
     if unknown:
         raise bad_request("invalid_request", f"unknown fields {sorted(unknown)}")
     model = service.runtime.get(request["model"])
-    sealed_input = _hex_field(request, "sealed_input")
-    output_key = _hex_field(request, "output_key", 32)
+    sealed_input = _hex(request["sealed_input"], "sealed_input")
+    output_key = None if request.get("output_key") is None else _hex(request["output_key"], "output_key", 32)
     request_id = parse_request_id(request.get("request_id"))
-    assert sealed_input is not None  # a required field, checked above
     try:
         plaintext = open_input(service.sealing_key, model.entry.model_hash, sealed_input)
     except ProtocolError as error:
