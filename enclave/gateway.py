@@ -11,8 +11,8 @@ reveal a guessable input or output: the salt is the inner header `Verinfer-Input
 and returned in the sealed answer. Inner requests are not written to the access log.
 
 Replays (RFC 9458 section 6.5): the encapsulated key `enc` of every request that decrypted is kept for
-`window_s`; a repeat is refused. An inner `Date` header outside the window is refused too, and so is one
-older than what the bounded memory still covers, so a request that carries a Date cannot be replayed at all.
+`window_s`; a repeat is refused. An inner `Date` is accepted only while a replay of its request would still
+be recognised (ReplayGuard.accepts_date), so a request that carries a Date cannot be replayed at all.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _REQUEST_TYPE = ohttp.REQUEST_MEDIA_TYPE.encode()
 _RESPONSE_TYPE = ohttp.RESPONSE_MEDIA_TYPE.encode()
 DEFAULT_REPLAY_WINDOW_S = 600.0
 DEFAULT_REPLAY_ENTRIES = 200_000
+DEFAULT_DATE_SKEW_S = 60.0  # how far ahead of the gateway's clock a client's Date may be
 _SALT_HEADER = SALT_HEADER.encode()
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _KEY_PROBLEM = "https://iana.org/assignments/http-problem-types#ohttp-key"
@@ -57,10 +58,13 @@ def key_id_of(public_key: bytes) -> int:
 
 
 class ReplayGuard:
-    """The `enc` of every accepted request for `window_s`, at most `max_entries` of them.
+    """The `enc` of every accepted request for `window_s`, at most `max_entries` of them, and which
+    request dates are still acceptable.
 
-    When the bound evicts an entry younger than the window, `horizon` moves up to its arrival: requests
-    dated before the horizon are refused, since their replays could no longer be recognised.
+    A `Date` is accepted from `window_s - skew_s` in the past to `skew_s` in the future, so a request is
+    never accepted again after its `enc` is forgotten: it would have to arrive more than `window_s` after
+    the first, when its date is too old. When the bound evicts an entry before its window ended, dates up to
+    that entry's arrival plus `skew_s` are refused too, since their replays could no longer be recognised.
     """
 
     def __init__(
@@ -68,16 +72,21 @@ class ReplayGuard:
         window_s: float = DEFAULT_REPLAY_WINDOW_S,
         max_entries: int = DEFAULT_REPLAY_ENTRIES,
         clock: Callable[[], float] = time.time,
+        skew_s: float = DEFAULT_DATE_SKEW_S,
     ) -> None:
+        if not 0 <= skew_s < window_s:
+            raise ValueError("the date skew must be shorter than the replay window")
         self.window_s = window_s
+        self.skew_s = skew_s
         self.max_entries = max_entries
         self.clock = clock
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._evicted_until = 0.0  # arrival time of the youngest entry evicted before its window ended
 
-    def horizon(self, now: float) -> float:
-        """The oldest request date this guard still covers."""
-        return max(now - self.window_s, self._evicted_until)
+    def accepts_date(self, when: float, now: float) -> bool:
+        """Whether a request dated `when` may be served now: a replay of it would still be recognised."""
+        oldest = max(now - (self.window_s - self.skew_s), self._evicted_until + self.skew_s)
+        return oldest <= when <= now + self.skew_s
 
     def admit(self, enc: bytes) -> bool:
         """Record `enc`; False if it was seen within the window (a replay)."""
@@ -319,7 +328,7 @@ def _check_date(headers: list[tuple[bytes, bytes]], replay: ReplayGuard) -> None
         return
     now = replay.clock()
     when = _date_seconds(dates[0])
-    if when is not None and replay.horizon(now) <= when <= now + replay.window_s:
+    if when is not None and replay.accepts_date(when, now):
         return
     gateway_date = format_datetime(datetime.fromtimestamp(now, UTC), usegmt=True).encode()
     raise _InnerRefusal(

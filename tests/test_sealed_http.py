@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from attestation import Policy, TrustedRoot, decode
+from enclave.gateway import ReplayGuard
 from protocol.manifest import load_manifest
 from protocol.sealing import commit_input, commit_output
 from verinfer.client import AsyncClient, AttestationError, Client
@@ -435,3 +436,25 @@ def test_the_async_client_seals_too(server: str, server_pki: Path) -> None:
     clear = httpx.post(server + "/infer", content=infer_body()).json()
     assert np.array_equal(probabilities.ravel(), np.asarray(clear["outputs"][0]["data"], dtype=np.float32))
     assert input_hash != clear["receipt"]["inputHash"]
+
+
+def test_a_dated_request_is_never_accepted_after_its_enc_is_forgotten() -> None:
+    """Dates run from window - skew in the past to skew ahead, so a replay after the window is refused by
+    its date; an early eviction (the bounded memory) raises the oldest acceptable date past it too."""
+    now = [1_000_000.0]
+    guard = ReplayGuard(window_s=600, skew_s=60, clock=lambda: now[0])
+    t0 = now[0]
+    assert guard.accepts_date(t0 + 60, t0) and not guard.accepts_date(t0 + 61, t0)
+    assert guard.accepts_date(t0 - 540, t0) and not guard.accepts_date(t0 - 541, t0)
+    assert guard.admit(b"a" * 32) and not guard.admit(b"a" * 32)  # dated t0 + 60, say
+    now[0] = t0 + 601  # its enc is forgotten now ...
+    assert guard.admit(b"a" * 32)
+    assert not guard.accepts_date(t0 + 60, now[0])  # ... but its date no longer passes
+
+    small = ReplayGuard(window_s=600, skew_s=60, max_entries=1, clock=lambda: now[0])
+    small.admit(b"b" * 32)
+    now[0] += 1
+    small.admit(b"c" * 32)  # evicts b, which arrived a second ago, long before its window ended
+    assert not small.accepts_date(now[0] - 1 + 59, now[0]) and small.accepts_date(now[0] - 1 + 61, now[0])
+    with pytest.raises(ValueError, match="skew"):
+        ReplayGuard(window_s=60, skew_s=60)
