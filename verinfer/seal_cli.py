@@ -62,17 +62,16 @@ def _inputs(path: str) -> Any:
 
 
 def cmd_seal(args: argparse.Namespace) -> int:
+    from protocol.addresses import address_of, checksum_address
     from protocol.binding import BindingError, split_user_data
     from protocol.errors import RequestError
     from protocol.inputs import parse_inputs
     from protocol.sealing import seal_input
     from protocol.tensors import encode_tensors
 
-    from .verify import VerificationReport, _check_attestation, attested_manifest_digest, is_pinned
+    from .verify import VerificationReport, _check_attestation, is_pinned
     from .verify_cli import _evidence, _pinning
 
-    if args.manifest is None:
-        raise UsageError("--manifest is required: the model's hash and input signature come from it")
     attestation, manifest = _evidence(args)
     policy, image_ids = _pinning(args)
     report = VerificationReport(
@@ -89,14 +88,15 @@ def cmd_seal(args: argparse.Namespace) -> int:
         print(f"NOT SEALED: {report.verdict_line}")
         return EXIT_REJECTED
     try:
-        encryption_key = split_user_data(user_data).encryption_key
+        attested = split_user_data(user_data)
     except BindingError as exc:
         print(f"NOT SEALED: {exc}")
         return EXIT_REJECTED
-    if encryption_key is None:
+    encryption_key = attested.encryption_key
+    if encryption_key is None or public_key is None:
         print("NOT SEALED: the attestation binds no encryption key (an enclave from before sealing)")
         return EXIT_REJECTED
-    if attested_manifest_digest(user_data) != manifest.digest:
+    if attested.manifest_digest != manifest.digest:
         print("NOT SEALED: the manifest is not the one the attestation binds (user_data[:32])")
         return EXIT_REJECTED
     entry = manifest.models.get(args.model)
@@ -107,9 +107,6 @@ def cmd_seal(args: argparse.Namespace) -> int:
     except RequestError as exc:
         raise UsageError(f"the inputs do not fit {args.model}: {exc.message}") from exc
     sealed = seal_input(encryption_key, entry.model_hash, encode_tensors(tensors), AEADS[args.aead])
-    from protocol.addresses import address_of, checksum_address
-
-    assert public_key is not None  # the attestation check passed, so the document binds a key
     result = {
         "sealedInput": "0x" + sealed.hex(),
         "enclave": checksum_address(address_of(public_key)),
@@ -142,10 +139,12 @@ def _keygen(path: str) -> int:
 
 
 def cmd_unseal(args: argparse.Namespace) -> int:
+    import orjson
+
     from protocol.errors import ProtocolError
     from protocol.hpke import SealingKey
     from protocol.sealing import open_output
-    from protocol.tensors import decode_tensors
+    from protocol.tensors import decode_tensors, dtype_of
 
     if args.keygen:
         return _keygen(args.keygen)
@@ -160,21 +159,13 @@ def cmd_unseal(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         print(f"NOT OPENED: {exc}")
         return EXIT_REJECTED
-    import orjson
-
     # numpy's own serialisation: float32 values print as the shortest decimal that reads back exactly
     body = [
-        {"name": name, "datatype": _v2(array), "shape": list(array.shape), "data": array.ravel()}
+        {"name": name, "datatype": dtype_of(array).v2, "shape": list(array.shape), "data": array.ravel()}
         for name, array in tensors
     ]
     print(orjson.dumps({"outputs": body}, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2).decode())
     return EXIT_OK
-
-
-def _v2(array: Any) -> str:
-    from protocol.tensors import dtype_of
-
-    return dtype_of(array).v2
 
 
 def register(subparsers: Any) -> None:
@@ -185,7 +176,12 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     seal.add_argument("--attestation", required=True, metavar="FILE", help="the enclave's attestation")
-    seal.add_argument("--manifest", metavar="FILE", help="model manifest JSON (GET /models)")
+    seal.add_argument(
+        "--manifest",
+        required=True,
+        metavar="FILE",
+        help="model manifest JSON (GET /models): the model's hash and input signature come from it",
+    )
     seal.add_argument("--model", required=True, metavar="NAME", help="the model the request is for")
     seal.add_argument(
         "--input", required=True, metavar="FILE", help="JSON: an /infer request or its `inputs` value"
