@@ -20,7 +20,15 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from protocol import ohttp
-from protocol.edge import SEALED_SALT, AccessLog, FastHandler, FastRoute, HttpEdge, install_error_handlers
+from protocol.edge import (
+    SEALED_SALT,
+    AccessLog,
+    FastHandler,
+    FastRoute,
+    Headers,
+    HttpEdge,
+    install_error_handlers,
+)
 from protocol.errors import RequestError, bad_request
 from protocol.inputs import MAX_BATCH_ELEMENTS, parse_json
 
@@ -111,7 +119,13 @@ async def _inference_reply(request: Request, v2_model: str | None, version: str 
     status, payload, extra = await run_endpoint(
         state.endpoints, v2_model, body, headers, salt, version=version
     )
-    reply = Response(payload, status_code=status, media_type=_JSON, headers=state.extra_headers)
+    return _fast_reply(status, payload, extra, state.extra_headers)
+
+
+def _fast_reply(status: int, payload: bytes, extra: Headers, headers: dict[str, str]) -> Response:
+    """A fast handler's (status, body, headers) as a FastAPI Response: JSON unless `extra` names another
+    content-type."""
+    reply = Response(payload, status_code=status, media_type=_JSON, headers=headers)
     for key, value in extra:  # a content-type among them replaces the JSON one
         reply.headers[key.decode("latin-1")] = value.decode("latin-1")
     return reply
@@ -183,10 +197,7 @@ async def post_ohttp_request(request: Request) -> Response:
     (Served by the edge's fast path; documented and runnable here too.)"""
     gateway: SealedGateway = _state(request).gateway
     status, payload, extra = await gateway.handle(await request.body(), list(request.scope["headers"]))
-    reply = Response(payload, status_code=status)
-    for key, value in extra:
-        reply.headers[key.decode("latin-1")] = value.decode("latin-1")
-    return reply
+    return _fast_reply(status, payload, extra, {})
 
 
 async def post_sealed_infer(request: Request) -> Response:
