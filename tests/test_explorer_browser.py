@@ -304,3 +304,20 @@ def test_unregistered_enclave_is_refused_by_the_registry(page: Page, explorer: s
     verdict = open_and_check(page, explorer, rpc=onchain.url, contract=other)
     assert verdict == "REJECTED"
     assert rule(page, "rules-body", "registry")[0] == "fail"
+
+
+def test_page_opened_from_the_file_verifies_too(
+    page: Page, enclave: str, pki: Path, pins: dict[str, str]
+) -> None:
+    """No server of ours at all: the committed page from disk, settings typed in (origin "null" for CORS)."""
+    page.goto((REPO / "verinfer" / "explorer" / "index.html").as_uri())
+    page.wait_for_selector("body[data-ready]")
+    page.fill("#enclave", enclave)
+    page.select_option("#root-choice", "pem")
+    page.fill("#root-pem", (pki / "root.pem").read_text())
+    for name, value in pins.items():
+        page.fill(f"#{name}", value)
+    page.click("#check")
+    page.wait_for_selector("body[data-checked]", timeout=30_000)
+    assert page.get_attribute("#verdict", "data-verdict") == "VERIFIED"
+    assert page.locator("#verdict .simulated").is_visible()
