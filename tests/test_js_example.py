@@ -23,7 +23,8 @@ def test_the_example_verifies_an_answer_of_an_approved_image(server: str, server
     image = "0x" + image_id(dict(measure_image(REPO / "models").pcrs)).hex()
     done = run_example(server, server_pki / "root.pem", image)
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"iris-mlp says 2: VERIFIED \[SIMULATED\], signed by 0x[0-9a-fA-F]{40}\n", done.stdout)
+    said = r"iris-mlp says 2: VERIFIED \[SIMULATED\], signed by 0x[0-9a-fA-F]{40}\n"
+    assert re.fullmatch(said, done.stdout)
 
 
 def test_the_example_refuses_an_enclave_of_another_image(server: str, server_pki: Path) -> None:
