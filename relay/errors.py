@@ -43,4 +43,5 @@ class ReceiptsEvicted(RelayError):
 
 
 class StateError(RelayError):
-    """The SQLite state file cannot be used by this version of the relay."""
+    """The relay's state database cannot be reached or used: no server, wrong credentials, no such database,
+    a schema this relay cannot read (too old, or newer than it), or another chain's state. One line."""

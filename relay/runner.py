@@ -11,7 +11,7 @@ an answer but never forge one. The loop therefore optimises for "nothing lost, n
 - the receipt it asks an enclave for binds the fee to this relay (protocol.onchain.fulfilment_id);
 - a sealed request (requestSealedInference) goes only to the enclave it is sealed to, whose POST
   /infer/sealed opens it: the relay handles ciphertext alone and never sees the input or a sealed output;
-- an unreachable enclave or RPC node means retry with backoff, never a crash.
+- an unreachable enclave, RPC node or database server means retry with backoff, never a crash.
 """
 
 from __future__ import annotations
@@ -740,7 +740,10 @@ class Relay:
                 failures += 1
                 delay = min(30.0, poll_interval * 2 ** min(failures, 5))
                 log.warning(
-                    "RPC or network problem (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
+                    "RPC, network or database problem (%s: %s); retrying in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    delay,
                 )
                 time.sleep(delay)
             except Exception:  # a relay degrades rather than exits; the traceback says what to fix

@@ -1,85 +1,44 @@
-"""The relay's durable state in SQLite: scan checkpoints, every request's status, every transaction it sends.
+"""The relay's durable state: scan checkpoints, every request's status, every transaction it sends.
 
-Each change is one committed SQLite transaction (WAL, synchronous=FULL), so a relay killed at any instant
+It lives in SQLite (a file, the default) or PostgreSQL, as --db says (relay.storage; `open_state`). Each
+change is one committed transaction (SQLite: WAL, synchronous=FULL), so a relay killed at any instant
 restarts from a consistent state: nothing seen is lost, and a transaction recorded as signed is re-broadcast
-as the very same bytes rather than signed again. All of the relay's SQL is in this module.
+as the very same bytes rather than signed again. The schema is migrated when the state is opened. All of
+the relay's SQL is in relay.sql; `db`, in the methods below, is an open relay.storage.Transaction.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
+from types import TracebackType
 
+from . import sql
 from .errors import StateError
+from .storage import SCHEMA_VERSION, Backend, DbUrl, Transaction, open_backend, resolve_db
 
-SCHEMA_VERSION = 2
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY,
-    block_number INTEGER NOT NULL,
-    model_hash TEXT NOT NULL,
-    input BLOB NOT NULL,
-    input_hash TEXT NOT NULL,
-    deadline INTEGER NOT NULL,
-    callback_gas INTEGER NOT NULL,
-    fee TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    detail TEXT,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status, next_attempt);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    block INTEGER PRIMARY KEY, hash TEXT NOT NULL, recorded REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    root TEXT PRIMARY KEY,
-    enclave TEXT NOT NULL,
-    first INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    signature TEXT NOT NULL,
-    receipts TEXT NOT NULL,
-    status TEXT NOT NULL,
-    detail TEXT,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS transactions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    ref TEXT NOT NULL,
-    guard TEXT NOT NULL,
-    nonce INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    to_address TEXT NOT NULL,
-    data BLOB NOT NULL,
-    value TEXT NOT NULL,
-    gas INTEGER NOT NULL,
-    max_price INTEGER,
-    confirmed_block INTEGER,
-    confirmed_hash TEXT,
-    detail TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transactions_status ON transactions (status, nonce);
-CREATE INDEX IF NOT EXISTS transactions_ref ON transactions (kind, ref);
-CREATE TABLE IF NOT EXISTS attempts (
-    tx_hash TEXT PRIMARY KEY,
-    tx_id INTEGER NOT NULL REFERENCES transactions (id),
-    gas_price TEXT NOT NULL,
-    raw BLOB NOT NULL,
-    signed_at REAL NOT NULL,
-    broadcast_at REAL
-);
-CREATE INDEX IF NOT EXISTS attempts_tx ON attempts (tx_id, signed_at);
-"""
+__all__ = [
+    "CHECKPOINTS_KEPT",
+    "LIVE_TX",
+    "SCHEMA_VERSION",
+    "Attempt",
+    "BatchRow",
+    "BatchStatus",
+    "RelayState",
+    "RequestEvent",
+    "RequestRow",
+    "RequestStatus",
+    "Transaction",
+    "TxRow",
+    "TxStatus",
+    "TxStore",
+    "open_state",
+]
+
 CHECKPOINTS_KEPT = 512
 
 
@@ -118,6 +77,9 @@ class BatchStatus(StrEnum):
 
 
 LIVE_TX = (TxStatus.QUEUED, TxStatus.SIGNED, TxStatus.BROADCAST)
+# A request is closed when it is neither pending nor submitted (relay.sql's CLOSED_MARKS has one mark each).
+CLOSED = tuple(s for s in RequestStatus if s not in (RequestStatus.PENDING, RequestStatus.SUBMITTED))
+assert len(CLOSED) == sql.CLOSED_MARKS.count("?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,59 +149,58 @@ class BatchRow:
     status: BatchStatus
 
 
-def _open(path: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if version != SCHEMA_VERSION and "requests" in tables:
-        db.close()
-        raise StateError(
-            f"{path} was written by an older relay (schema {version}, this relay needs {SCHEMA_VERSION}): "
-            "let its transactions settle, then start with a fresh --db"
-        )
-    db.executescript(SCHEMA)
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    return db
+def open_state(db: str | os.PathLike[str] | DbUrl | None = None) -> RelayState:
+    """The relay's state in the database `db` names (relay.storage.parse_db_url: a file path,
+    sqlite:///PATH or postgresql://...; None: $VERINFER_RELAY_DB, else relay.sqlite3), its schema migrated;
+    StateError (one line) when it cannot be reached or used."""
+    return RelayState(db if isinstance(db, DbUrl) else resolve_db(db))
 
 
 class RelayState:
     """Scan position and checkpoints, requests, receipt batches and anchoring cursors."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self.db = _open(self.path)
-        self.txs = TxStore(self.db)
+    def __init__(self, db: str | os.PathLike[str] | DbUrl | Backend) -> None:
+        """`db`: a database URL or path (see open_state) or an open backend; the schema is migrated."""
+        self.backend = db if isinstance(db, Backend) else open_backend(db)
+        try:
+            self.backend.migrate()
+        except BaseException:
+            self.backend.close()
+            raise
+        self.location = self.backend.location
+        self.q = self.backend.queries
+        self.txs = TxStore(self.backend)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> Iterator[Transaction]:
+        with self.backend.transaction() as db:
+            yield db
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> RelayState:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     # --- meta -------------------------------------------------------------------------------------------
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
+        row = self.backend.fetchone(self.q.meta_get, (key,))
+        return str(row[0]) if row else default
 
-    def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+    def set_meta(self, db: Transaction, key: str, value: str) -> None:
+        db.execute(self.q.meta_set, (key, value))
 
     def bind_chain(self, chain_id: int, genesis_hash: bytes, contract: str) -> None:
-        """Tie this state file to one chain and contract, or refuse: a relay started with the state of a
-        reset devnet (same chain id, same deterministic contract address, another history) would resume
-        its old scan position, re-price and cancel transactions that no longer exist and anchor receipts
-        of enclaves the new contract has never registered."""
+        """Tie this state to one chain and contract, or refuse: a relay started with the state of a reset
+        devnet (same chain id, same deterministic contract address, another history) would resume its old
+        scan position, re-price and cancel transactions that no longer exist and anchor receipts of
+        enclaves the new contract has never registered."""
         binding = f"{chain_id}:0x{genesis_hash.hex()}:{contract.lower()}"
         with self.transaction() as db:
             stored = self.get_meta("chain")
@@ -248,7 +209,7 @@ class RelayState:
                 return
         if stored != binding:
             raise StateError(
-                f"{self.path} belongs to chain/genesis/contract {stored}, not {binding}: "
+                f"{self.location} belongs to chain/genesis/contract {stored}, not {binding}: "
                 "start with a new state file (--db) for a new chain or contract"
             )
 
@@ -257,44 +218,34 @@ class RelayState:
     def scanned_block(self, default: int) -> int:
         return int(self.get_meta("scanned_block", str(default)) or default)
 
-    def record_scan(self, db: sqlite3.Connection, block: int, block_hash: str) -> None:
+    def record_scan(self, db: Transaction, block: int, block_hash: str) -> None:
         """`block` (with its hash) is scanned; keeps the newest CHECKPOINTS_KEPT checkpoints."""
         self.set_meta(db, "scanned_block", str(block))
-        db.execute(
-            "INSERT OR REPLACE INTO checkpoints (block, hash, recorded) VALUES (?, ?, ?)",
-            (block, block_hash, time.time()),
-        )
-        db.execute(
-            "DELETE FROM checkpoints WHERE block NOT IN "
-            "(SELECT block FROM checkpoints ORDER BY block DESC LIMIT ?)",
-            (CHECKPOINTS_KEPT,),
-        )
+        db.execute(self.q.checkpoint_put, (block, block_hash, time.time()))
+        db.execute(self.q.checkpoints_prune, (CHECKPOINTS_KEPT,))
 
     def checkpoints(self) -> list[tuple[int, str]]:
         """(block, hash) of each scan step kept, oldest first."""
-        return [
-            (int(b), str(h)) for b, h in self.db.execute("SELECT block, hash FROM checkpoints ORDER BY block")
-        ]
+        return [(int(b), str(h)) for b, h in self.backend.fetchall(self.q.checkpoints)]
 
-    def rewind(self, db: sqlite3.Connection, ancestor: int) -> float:
+    def rewind(self, db: Transaction, ancestor: int) -> float:
         """Forget what was scanned after `ancestor` (the newest block still canonical); returns when the
         ancestor was scanned (0 when it has no checkpoint): what was decided since may rest on lost blocks."""
-        row = db.execute("SELECT recorded FROM checkpoints WHERE block = ?", (ancestor,)).fetchone()
-        db.execute("DELETE FROM checkpoints WHERE block > ?", (ancestor,))
+        row = db.fetchone(self.q.checkpoint_recorded, (ancestor,))
+        db.execute(self.q.checkpoints_forget_after, (ancestor,))
         self.set_meta(db, "scanned_block", str(ancestor))
         return float(row[0]) if row else 0.0
 
     # --- requests ---------------------------------------------------------------------------------------
 
-    def upsert_request(self, db: sqlite3.Connection, event: RequestEvent) -> str:
+    def upsert_request(self, db: Transaction, event: RequestEvent) -> str:
         """Record a request seen on chain: 'new', 'changed' (a reorg re-created its id with another input:
         the stored one is replaced and the request re-opened) or 'same'."""
-        row = db.execute("SELECT input_hash FROM requests WHERE id = ?", (event.id,)).fetchone()
+        row = db.fetchone(self.q.request_input_hash, (event.id,))
         now = time.time()
         if row is None:
             db.execute(
-                "INSERT INTO requests (id, block_number, model_hash, input, input_hash, deadline, "
-                "callback_gas, fee, status, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self.q.request_insert,
                 (
                     event.id,
                     event.block_number,
@@ -310,12 +261,10 @@ class RelayState:
             )
             return "new"
         if row[0] == event.input_hash:
-            db.execute("UPDATE requests SET block_number = ? WHERE id = ?", (event.block_number, event.id))
+            db.execute(self.q.request_seen_again, (event.block_number, event.id))
             return "same"
         db.execute(
-            "UPDATE requests SET block_number = ?, model_hash = ?, input = ?, input_hash = ?, deadline = ?, "
-            "callback_gas = ?, fee = ?, status = ?, attempts = 0, next_attempt = 0, detail = ?, updated = ? "
-            "WHERE id = ?",
+            self.q.request_replace,
             (
                 event.block_number,
                 event.model_hash,
@@ -339,66 +288,48 @@ class RelayState:
                 return 0
             self.set_meta(db, "policy", policy)
             return db.execute(
-                "UPDATE requests SET status = ?, next_attempt = 0, updated = ? WHERE status = ?",
-                (RequestStatus.PENDING, time.time(), RequestStatus.SKIPPED),
-            ).rowcount
+                self.q.requests_reopen_skipped, (RequestStatus.PENDING, time.time(), RequestStatus.SKIPPED)
+            )
 
-    def reopen_after(self, db: sqlite3.Connection, block: int, since: float, also: list[str]) -> int:
+    def reopen_after(self, db: Transaction, block: int, since: float, also: list[str]) -> int:
         """After a reorg: closed requests from after `block`, or closed since `since` (a time), go back to
         pending, to be re-checked against the chain; those in `also` (whose transactions the reorg
         re-opened) go back to submitted."""
-        closed = tuple(s for s in RequestStatus if s not in (RequestStatus.PENDING, RequestStatus.SUBMITTED))
-        marks = ",".join("?" * len(closed))
-        cursor = db.execute(
-            f"UPDATE requests SET status = ?, next_attempt = 0, updated = ? "  # noqa: S608 - constant marks
-            f"WHERE (block_number > ? OR updated >= ?) AND status IN ({marks}) AND id NOT IN "
-            f"({','.join('?' * len(also))})",
-            (RequestStatus.PENDING, time.time(), block, since, *closed, *also),
-        )
-        count = cursor.rowcount
-        for request_id in also:
+        count = 0
+        for request_id in also:  # first: submitted is not closed, so the update below leaves them be
             count += db.execute(
-                f"UPDATE requests SET status = ?, updated = ? WHERE id = ? AND status IN ({marks})",  # noqa: S608
-                (RequestStatus.SUBMITTED, time.time(), request_id, *closed),
-            ).rowcount
+                self.q.request_reopen_submitted, (RequestStatus.SUBMITTED, time.time(), request_id, *CLOSED)
+            )
+        count += db.execute(
+            self.q.requests_reopen_closed, (RequestStatus.PENDING, time.time(), block, since, *CLOSED)
+        )
         return count
 
-    _COLUMNS = (
-        "id, block_number, model_hash, input, input_hash, deadline, callback_gas, fee, status, attempts, "
-        "detail"
-    )
-
-    def _rows(self, where: str, params: tuple[object, ...], limit: int = -1) -> list[RequestRow]:
-        """`where` is always one of this module's constant clauses; values go through parameters."""
-        query = f"SELECT {self._COLUMNS} FROM requests WHERE {where} ORDER BY block_number, id LIMIT ?"  # noqa: S608
+    def _rows(self, statement: str, params: tuple[object, ...]) -> list[RequestRow]:
         return [
             RequestRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), RequestStatus(r[8]), r[9], r[10])
-            for r in self.db.execute(query, (*params, limit)).fetchall()
+            for r in self.backend.fetchall(statement, params)
         ]
 
     def due(self, now: float, limit: int = 32) -> list[RequestRow]:
-        return self._rows("status = ? AND next_attempt <= ?", (RequestStatus.PENDING, now), limit)
+        return self._rows(self.q.requests_due, (RequestStatus.PENDING, now, limit))
 
     def submitted(self) -> list[RequestRow]:
-        return self._rows("status = ?", (RequestStatus.SUBMITTED,))
+        return self._rows(self.q.requests_with_status, (RequestStatus.SUBMITTED,))
 
     def request(self, request_id: str) -> RequestRow | None:
-        rows = self._rows("id = ?", (request_id,))
+        rows = self._rows(self.q.request, (request_id,))
         return rows[0] if rows else None
 
     def statuses(self) -> dict[str, str]:
-        return dict(self.db.execute("SELECT id, status FROM requests").fetchall())
+        return {str(i): str(s) for i, s in self.backend.fetchall(self.q.request_statuses)}
 
     def set_status(self, request_id: str, status: RequestStatus, detail: str | None = None) -> None:
-        self.db.execute(
-            "UPDATE requests SET status = ?, detail = ?, updated = ? WHERE id = ?",
-            (status, detail, time.time(), request_id),
-        )
+        self.backend.execute(self.q.request_set_status, (status, detail, time.time(), request_id))
 
     def retry_later(self, request_id: str, attempts: int, delay: float, detail: str) -> None:
-        self.db.execute(
-            "UPDATE requests SET status = ?, attempts = ?, next_attempt = ?, detail = ?, updated = ? "
-            "WHERE id = ?",
+        self.backend.execute(
+            self.q.request_retry_later,
             (RequestStatus.PENDING, attempts, time.time() + delay, detail, time.time(), request_id),
         )
 
@@ -408,12 +339,12 @@ class RelayState:
         """The next receipt index to anchor for the enclave with signing address `enclave`."""
         return int(self.get_meta(f"batch_cursor:{enclave.lower()}", "0") or 0)
 
-    def set_cursor(self, db: sqlite3.Connection, enclave: str, index: int) -> None:
+    def set_cursor(self, db: Transaction, enclave: str, index: int) -> None:
         self.set_meta(db, f"batch_cursor:{enclave.lower()}", str(index))
 
     def record_batch(
         self,
-        db: sqlite3.Connection,
+        db: Transaction,
         *,
         root: str,
         enclave: str,
@@ -424,47 +355,29 @@ class RelayState:
         status: BatchStatus,
     ) -> None:
         db.execute(
-            "INSERT OR IGNORE INTO batches (root, enclave, first, count, signature, receipts, status, "
-            "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (root, enclave, first, count, signature, receipts, status, time.time()),
+            self.q.batch_insert, (root, enclave, first, count, signature, receipts, status, time.time())
         )
 
     def submitted_batches(self) -> list[BatchRow]:
-        rows = self.db.execute(
-            "SELECT root, enclave, first, count, signature, status FROM batches WHERE status = ? "
-            "ORDER BY updated",
-            (BatchStatus.SUBMITTED,),
-        ).fetchall()
+        rows = self.backend.fetchall(self.q.batches_with_status, (BatchStatus.SUBMITTED,))
         return [BatchRow(r[0], r[1], r[2], r[3], r[4], BatchStatus(r[5])) for r in rows]
 
     def set_batch_status(self, root: str, status: BatchStatus, detail: str | None = None) -> None:
-        self.db.execute(
-            "UPDATE batches SET status = ?, detail = ?, updated = ? WHERE root = ?",
-            (status, detail, time.time(), root),
-        )
+        self.backend.execute(self.q.batch_set_status, (status, detail, time.time(), root))
 
-    def reopen_batches(self, db: sqlite3.Connection, roots: list[str]) -> None:
+    def reopen_batches(self, db: Transaction, roots: list[str]) -> None:
         for root in roots:
-            db.execute("UPDATE batches SET status = ? WHERE root = ?", (BatchStatus.SUBMITTED, root))
-
-    def close(self) -> None:
-        self.db.close()
+            db.execute(self.q.batch_reopen, (BatchStatus.SUBMITTED, root))
 
 
 class TxStore:
     """Every transaction the relay sends and every signed attempt of it (one nonce, rising gas prices)."""
 
-    _COLUMNS = (
-        "id, kind, ref, guard, nonce, status, to_address, data, value, gas, confirmed_block, confirmed_hash, "
-        "detail, created, max_price"
-    )
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.q = backend.queries
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def _rows(self, where: str, params: tuple[object, ...]) -> list[TxRow]:
-        """`where` is always one of this class's constant clauses; values go through parameters."""
-        query = f"SELECT {self._COLUMNS} FROM transactions WHERE {where} ORDER BY nonce, id"  # noqa: S608
+    def _rows(self, statement: str, params: tuple[object, ...]) -> list[TxRow]:
         return [
             TxRow(
                 r[0],
@@ -483,7 +396,7 @@ class TxStore:
                 r[13],
                 r[14],
             )
-            for r in self.db.execute(query, params).fetchall()
+            for r in self.backend.fetchall(statement, params)
         ]
 
     def create(
@@ -501,9 +414,8 @@ class TxStore:
     ) -> TxRow:
         """A queued transaction holding `nonce` (committed: the nonce is taken before anything is signed)."""
         now = time.time()
-        cursor = self.db.execute(
-            "INSERT INTO transactions (kind, ref, guard, nonce, status, to_address, data, value, gas, "
-            "max_price, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        tx_id = self.backend.insert(
+            self.q.tx_insert,
             (
                 kind,
                 ref,
@@ -519,63 +431,43 @@ class TxStore:
                 now,
             ),
         )
-        row = self.get(int(cursor.lastrowid or 0))
+        row = self.get(tx_id)
         assert row is not None
         return row
 
     def get(self, tx_id: int) -> TxRow | None:
-        rows = self._rows("id = ?", (tx_id,))
+        rows = self._rows(self.q.tx, (tx_id,))
         return rows[0] if rows else None
 
     def live(self) -> list[TxRow]:
-        return self._rows("status IN (?, ?, ?)", LIVE_TX)
+        return self._rows(self.q.txs_live, LIVE_TX)
 
     def latest_for(self, kind: str, ref: str) -> TxRow | None:
         """The newest transaction sent for `ref` (a request id or a batch root)."""
-        rows = self._rows(
-            "kind = ? AND ref = ? AND id = (SELECT MAX(id) FROM transactions WHERE kind = ? AND ref = ?)",
-            (kind, ref, kind, ref),
-        )
+        rows = self._rows(self.q.tx_latest_for, (kind, ref, kind, ref))
         return rows[0] if rows else None
 
     def held_nonces(self) -> set[int]:
-        marks = ",".join("?" * len(LIVE_TX))
-        query = f"SELECT nonce FROM transactions WHERE status IN ({marks})"  # noqa: S608 - constant marks
-        return {int(n) for (n,) in self.db.execute(query, LIVE_TX)}
+        return {int(n) for (n,) in self.backend.fetchall(self.q.tx_held_nonces, LIVE_TX)}
 
     def add_attempt(self, tx_id: int, tx_hash: str, raw: bytes, gas_price: int) -> None:
         """Persist a signed attempt before it is broadcast; the transaction is then `signed` (or stays
         `broadcast` when this attempt replaces one already sent)."""
-        with self._transaction():
-            self.db.execute(
-                "INSERT OR IGNORE INTO attempts (tx_hash, tx_id, gas_price, raw, signed_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (tx_hash, tx_id, str(gas_price), raw, time.time()),
-            )
-            self.db.execute(
-                "UPDATE transactions SET status = ?, updated = ? WHERE id = ? AND status = ?",
-                (TxStatus.SIGNED, time.time(), tx_id, TxStatus.QUEUED),
-            )
+        with self.backend.transaction() as db:
+            db.execute(self.q.attempt_insert, (tx_hash, tx_id, str(gas_price), raw, time.time()))
+            db.execute(self.q.tx_mark_signed, (TxStatus.SIGNED, time.time(), tx_id, TxStatus.QUEUED))
 
     def attempts(self, tx_id: int) -> list[Attempt]:
         """Newest first."""
-        rows = self.db.execute(
-            "SELECT tx_hash, gas_price, raw, signed_at, broadcast_at FROM attempts WHERE tx_id = ? "
-            "ORDER BY signed_at DESC, rowid DESC",
-            (tx_id,),
-        ).fetchall()
+        rows = self.backend.fetchall(self.q.attempts, (tx_id,))
         return [Attempt(r[0], int(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def mark_broadcast(self, tx_id: int, tx_hash: str) -> None:
         now = time.time()
-        with self._transaction():
-            self.db.execute(
-                "UPDATE attempts SET broadcast_at = ? WHERE tx_hash = ? AND broadcast_at IS NULL",
-                (now, tx_hash),
-            )
-            self.db.execute(
-                "UPDATE transactions SET status = ?, updated = ? WHERE id = ? AND status IN (?, ?)",
-                (TxStatus.BROADCAST, now, tx_id, TxStatus.SIGNED, TxStatus.QUEUED),
+        with self.backend.transaction() as db:
+            db.execute(self.q.attempt_mark_broadcast, (now, tx_hash))
+            db.execute(
+                self.q.tx_mark_broadcast, (TxStatus.BROADCAST, now, tx_id, TxStatus.SIGNED, TxStatus.QUEUED)
             )
 
     def set_status(
@@ -587,39 +479,18 @@ class TxStore:
         confirmed_block: int | None = None,
         confirmed_hash: str | None = None,
     ) -> None:
-        self.db.execute(
-            "UPDATE transactions SET status = ?, detail = ?, confirmed_block = ?, confirmed_hash = ?, "
-            "updated = ? WHERE id = ?",
-            (status, detail, confirmed_block, confirmed_hash, time.time(), tx_id),
+        self.backend.execute(
+            self.q.tx_set_status, (status, detail, confirmed_block, confirmed_hash, time.time(), tx_id)
         )
 
     def note(self, tx_id: int, detail: str) -> None:
-        self.db.execute(
-            "UPDATE transactions SET detail = ?, updated = ? WHERE id = ?", (detail, time.time(), tx_id)
-        )
+        self.backend.execute(self.q.tx_note, (detail, time.time(), tx_id))
 
-    def reopen_mined_after(self, db: sqlite3.Connection, block: int) -> list[TxRow]:
+    def reopen_mined_after(self, db: Transaction, block: int) -> list[TxRow]:
         """After a reorg: transactions mined after `block` go back to `broadcast`, to be re-checked."""
-        rows = self._rows(
-            "status IN (?, ?) AND confirmed_block > ?", (TxStatus.CONFIRMED, TxStatus.FAILED, block)
-        )
+        rows = self._rows(self.q.txs_mined_after, (TxStatus.CONFIRMED, TxStatus.FAILED, block))
         for row in rows:
             db.execute(
-                "UPDATE transactions SET status = ?, confirmed_block = NULL, confirmed_hash = NULL, "
-                "detail = ?, updated = ? WHERE id = ?",
-                (TxStatus.BROADCAST, "re-checking after a reorg", time.time(), row.id),
+                self.q.tx_reopen, (TxStatus.BROADCAST, "re-checking after a reorg", time.time(), row.id)
             )
         return rows
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        if self.db.in_transaction:
-            yield
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")

@@ -1,7 +1,8 @@
 """Every transaction the relay sends, as one persistent state machine (relay.state.TxStatus).
 
-- Durable before broadcast: a transaction takes its nonce in SQLite (`queued`), each signed attempt is
-  written (`signed`) before it is sent (`broadcast`); after a crash the recorded bytes are sent again.
+- Durable before broadcast: a transaction takes its nonce in the relay's database (`queued`), each signed
+  attempt is written (`signed`) before it is sent (`broadcast`); after a crash the recorded bytes are sent
+  again.
 - One nonce allocator: the lowest nonce at or above the chain's that no live transaction of ours holds, so
   a nonce freed by a dropped transaction is used again; a gap below a live transaction is filled with a
   self-transfer, or everything after it would wait forever.
@@ -19,7 +20,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from web3.types import TxParams, Wei
 from .chain import custom_error
 from .errors import ChainError, ChainIdMismatch, GasPriceTooHigh
 from .policy import FeePolicy
-from .state import Attempt, TxRow, TxStatus, TxStore
+from .state import Attempt, Transaction, TxRow, TxStatus, TxStore
 
 log = logging.getLogger("verinfer.relay.tx")
 SELF_TRANSFER_GAS = 21_000
@@ -386,6 +386,6 @@ class TxManager:
 
     # --- reorgs -----------------------------------------------------------------------------------------
 
-    def reopen_after_reorg(self, db: sqlite3.Connection, ancestor: int) -> list[TxRow]:
+    def reopen_after_reorg(self, db: Transaction, ancestor: int) -> list[TxRow]:
         """Transactions mined after `ancestor` may be gone with their blocks: re-check them."""
         return self.store.reopen_mined_after(db, ancestor)

@@ -13,6 +13,8 @@ from attestation.nsm.simulator import SimulatedNsmDevice
 from attestation.sim_pki import SimulatorPki
 
 from .chain_fixtures import anvil, chain, snapshot  # noqa: F401  (pytest fixtures)
+from .pg_server import postgres_server  # noqa: F401  (pytest fixture)
+from .relay_db import relay_db, relay_dbs  # noqa: F401  (pytest fixtures)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "attestation"
 VALID = sorted(p for p in (FIXTURES / "valid").iterdir())

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,6 +49,7 @@ from relay.chain import deploy
 from verinfer.processes import free_port
 
 from .chain_fixtures import Chain
+from .relay_db import RelayDb, statuses
 from .test_contract_attacks import OwnEnclave, fulfilled_event, refused, register_own_enclave
 from .test_relay import (  # noqa: F401  (miner: a pytest fixture)
     after,
@@ -57,7 +57,6 @@ from .test_relay import (  # noqa: F401  (miner: a pytest fixture)
     miner,
     relay_process,
     requested_id,
-    statuses,
     wait_for,
 )
 
@@ -395,11 +394,9 @@ def scripted(snapshot: Chain) -> Iterator[Scripted]:
 
 @pytest.mark.usefixtures("miner")
 def test_relay_posts_the_body_verbatim_and_fulfils(
-    snapshot: Chain, scripted: Scripted, tmp_path: Path
+    snapshot: Chain, scripted: Scripted, relay_db: RelayDb
 ) -> None:
-    relay = local_relay(
-        snapshot, scripted.url, tmp_path / "relay.sqlite3", start_block=snapshot.w3.eth.block_number
-    )
+    relay = local_relay(snapshot, scripted.url, relay_db, start_block=snapshot.w3.eth.block_number)
     request_id = ask(snapshot, scripted.consumer)
     wait_for(
         after(relay.step, lambda: stored(scripted.consumer, request_id)[0]), timeout=120, what="the answer"
@@ -416,12 +413,10 @@ def test_relay_posts_the_body_verbatim_and_fulfils(
 @pytest.mark.usefixtures("miner")
 @pytest.mark.parametrize("mode", ["tamper", "checkpoint"])
 def test_relay_never_sends_an_answer_its_receipt_does_not_cover(
-    snapshot: Chain, scripted: Scripted, tmp_path: Path, mode: str
+    snapshot: Chain, scripted: Scripted, relay_db: RelayDb, mode: str
 ) -> None:
     scripted.llm.mode = mode
-    relay = local_relay(
-        snapshot, scripted.url, tmp_path / "relay.sqlite3", start_block=snapshot.w3.eth.block_number
-    )
+    relay = local_relay(snapshot, scripted.url, relay_db, start_block=snapshot.w3.eth.block_number)
     request_id = ask(snapshot, scripted.consumer)
     wait_for(after(relay.step, lambda: len(scripted.llm.posts) >= 2), timeout=120, what="a retry")
     row = relay.state.request("0x" + request_id.hex())
@@ -451,16 +446,14 @@ UNSERVABLE_REASON = {
 
 @pytest.mark.usefixtures("miner")
 def test_relay_fails_unservable_completion_requests_without_asking(
-    snapshot: Chain, scripted: Scripted, tmp_path: Path
+    snapshot: Chain, scripted: Scripted, relay_db: RelayDb
 ) -> None:
-    relay = local_relay(
-        snapshot, scripted.url, tmp_path / "relay.sqlite3", start_block=snapshot.w3.eth.block_number
-    )
+    relay = local_relay(snapshot, scripted.url, relay_db, start_block=snapshot.w3.eth.block_number)
     ids = {}
     for what, body in UNSERVABLE.items():
         call = snapshot.contract.functions.requestInference(OWN_MODEL, body, 0, TIMEOUT_S)
         ids[what] = requested_id(snapshot, snapshot.user.transact(call, value=FEE))
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     wait_for(
         after(relay.step, lambda: all(statuses(db).get(i) == "failed" for i in ids.values())),
         timeout=120,
@@ -483,7 +476,7 @@ def served_llm(server: str) -> dict[str, Any] | None:
 
 @pytest.mark.usefixtures("miner")
 def test_consumer_gets_the_real_enclaves_completion(
-    snapshot: Chain, server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    snapshot: Chain, server: str, relay_db: RelayDb, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The answer stored on chain is the text the same request body gets over HTTP; a tampered text
     with the real enclave's receipt is refused."""
@@ -500,7 +493,7 @@ def test_consumer_gets_the_real_enclaves_completion(
     expected = over_http["choices"][0]["text"]
     assert SignedReceipt.from_json(over_http["receipt"]).receipt.input_hash == keccak256(body)
 
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     with relay_process(snapshot, [server], db):
         request_id = ask(snapshot, consumer)
         wait_for(lambda: stored(consumer, request_id)[0], timeout=300, what="the on-snapshot answer")

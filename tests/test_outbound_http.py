@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, stop
 
 from .chain_fixtures import Chain
 from .conftest import BATCH_TOKEN
+from .relay_db import RelayDb
 
 IRIS_INPUT = encode_tensors([("features", np.array([[6.7, 3.0, 5.2, 2.3]], dtype=np.float32))])
 Respond = Callable[[socket.socket, threading.Event], None]
@@ -355,14 +355,14 @@ def test_enclave_client_sends_the_batch_token_only_to_receipts_batch() -> None:
     assert "tok-1" not in repr(EnclaveClient("http://x", batch_token="tok-1"))
 
 
-def test_relay_anchors_with_the_batch_token(chain: Chain, tmp_path: Path) -> None:
+def test_relay_anchors_with_the_batch_token(chain: Chain, relay_db: RelayDb) -> None:
     with peer(answer(200, EMPTY_BATCH)) as server:
         relay = Relay(
             chain.w3,
             chain.contract,
             chain.relay.account,
             [server.url],
-            RelayState(tmp_path / "relay.sqlite3"),
+            RelayState(relay_db.url),
             chain_id=chain.w3.eth.chain_id,
             anchor_min=1,
             batch_token="relay-secret",
@@ -382,7 +382,7 @@ def test_the_real_enclave_serves_batches_to_the_token_holder_only(server: str) -
         assert info.value.status == 401
 
 
-def _relay_run(chain: Chain, enclave: str, db: Path, *extra: str) -> list[str]:
+def _relay_run(chain: Chain, enclave: str, db: RelayDb, *extra: str) -> list[str]:
     return [
         VERINFER,
         "relay",
@@ -394,7 +394,7 @@ def _relay_run(chain: Chain, enclave: str, db: Path, *extra: str) -> list[str]:
         "--enclave",
         enclave,
         "--db",
-        str(db),
+        db.url,
         "--poll",
         "0.1",
         "--chain-id",
@@ -403,12 +403,12 @@ def _relay_run(chain: Chain, enclave: str, db: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_relay_run_reads_the_batch_token_from_the_environment(chain: Chain, tmp_path: Path) -> None:
+def test_relay_run_reads_the_batch_token_from_the_environment(chain: Chain, relay_db: RelayDb) -> None:
     token = "batch-token-" + os.urandom(8).hex()
     env = {**os.environ, "VERINFER_KEY": ANVIL_KEYS[4], "RELAY_BATCH_TOKEN": token}
     # One answer to everything: an empty batch that also names the enclave key (the relay's GET /attestation).
     with peer(answer(200, {**EMPTY_BATCH, "enclave": chain.enclave})) as enclave:
-        args = _relay_run(chain, enclave.url, tmp_path / "r.sqlite3", "--anchor-min", "1")
+        args = _relay_run(chain, enclave.url, relay_db, "--anchor-min", "1")
         process = subprocess.Popen(
             [*args, "--batch-token-env", "RELAY_BATCH_TOKEN"],
             env=env,

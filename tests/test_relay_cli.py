@@ -22,6 +22,7 @@ from verinfer.cli import main
 from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, stop
 
 from .chain_fixtures import Chain
+from .relay_db import RelayDb
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def test_bad_key_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
         load_account(key_env="MISSING_KEY")
 
 
-def test_relay_never_logs_its_key(chain: Chain, server: str, tmp_path: Path) -> None:
+def test_relay_never_logs_its_key(chain: Chain, server: str, relay_db: RelayDb) -> None:
     env = {**os.environ, "VERINFER_KEY": ANVIL_KEYS[4]}
     process = subprocess.Popen(
         [
@@ -68,7 +69,7 @@ def test_relay_never_logs_its_key(chain: Chain, server: str, tmp_path: Path) -> 
             "--enclave",
             server,
             "--db",
-            str(tmp_path / "r.sqlite3"),
+            relay_db.url,
             "--poll",
             "0.1",
             "--chain-id",
@@ -285,25 +286,29 @@ def test_approve_command(snapshot: Chain, monkeypatch: pytest.MonkeyPatch, capsy
     assert "OwnableUnauthorizedAccount" in capsys.readouterr().out
 
 
-def test_a_state_file_serves_one_chain_and_contract(tmp_path: Path) -> None:
+def test_a_state_file_serves_one_chain_and_contract(relay_db: RelayDb) -> None:
     """A reset devnet keeps its chain id and its deterministic contract address; its history is new."""
-    path = tmp_path / "relay.sqlite3"
     contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-    RelayState(path).bind_chain(31337, b"\x01" * 32, contract)
-    RelayState(path).bind_chain(31337, b"\x01" * 32, contract.lower())  # the same chain again: accepted
+
+    def bind(chain_id: int, genesis: bytes, address: str) -> None:
+        with RelayState(relay_db.url) as state:
+            state.bind_chain(chain_id, genesis, address)
+
+    bind(31337, b"\x01" * 32, contract)
+    bind(31337, b"\x01" * 32, contract.lower())  # the same chain again: accepted
     for chain_id, genesis, other in ((31337, b"\x02" * 32, contract), (1, b"\x01" * 32, contract)):
         with pytest.raises(StateError, match="new state file"):
-            RelayState(path).bind_chain(chain_id, genesis, other)
+            bind(chain_id, genesis, other)
     with pytest.raises(StateError):
-        RelayState(path).bind_chain(31337, b"\x01" * 32, "0x" + "11" * 20)
+        bind(31337, b"\x01" * 32, "0x" + "11" * 20)
 
 
-def test_relay_run_refuses_the_state_of_another_chain(chain: Chain, server: str, tmp_path: Path) -> None:
-    db = tmp_path / "old.sqlite3"
-    RelayState(db).bind_chain(chain.w3.eth.chain_id, b"\x09" * 32, chain.contract.address)  # a reset devnet's
+def test_relay_run_refuses_the_state_of_another_chain(chain: Chain, server: str, relay_db: RelayDb) -> None:
+    with RelayState(relay_db.url) as state:  # a reset devnet's
+        state.bind_chain(chain.w3.eth.chain_id, b"\x09" * 32, chain.contract.address)
     command = [
         VERINFER, "relay", "run", "--rpc", chain.url, "--contract", chain.contract.address,
-        "--enclave", server, "--db", str(db), "--chain-id", str(chain.w3.eth.chain_id),
+        "--enclave", server, "--db", relay_db.url, "--chain-id", str(chain.w3.eth.chain_id),
     ]  # fmt: skip
     result = subprocess.run(
         command,

@@ -4,7 +4,6 @@ relay (`verinfer relay run`, or its loop in-process where a test must stop it at
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from verinfer.processes import VERINFER, free_port, running_anvil, stop
 
 from .chain_fixtures import Chain, build_chain
 from .conftest import BATCH_TOKEN
+from .relay_db import RelayDb, rows, statuses
 from .test_relay import (
     ANCHORING,
     CHAIN_ID,
@@ -51,7 +51,6 @@ from .test_relay import (
     request,
     requested_id,
     selector,
-    statuses,
     wait_for,
 )
 
@@ -128,38 +127,24 @@ def anchored(chain: Chain, since: int, enclave: str | None = None) -> list[dict[
     return [dict(log["args"]) | {"block": log["blockNumber"]} for log in logs]
 
 
-def scanned(db: Path) -> int:
+def scanned(db: RelayDb) -> int:
     """The last block the relay has scanned (-1 before its first scan)."""
-    with sqlite3.connect(db) as conn:
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'scanned_block'").fetchone()
-        except sqlite3.OperationalError:
-            return -1
-    return int(row[0]) if row else -1
+    found = rows(db, "SELECT value FROM meta WHERE key = 'scanned_block'")
+    return int(found[0][0]) if found else -1
 
 
-def detail(db: Path, request_id: str) -> str | None:
+def detail(db: RelayDb, request_id: str) -> str | None:
     """The relay's recorded reason for a request's status."""
-    if not db.exists():
-        return None
-    with sqlite3.connect(db) as conn:
-        try:
-            row = conn.execute("SELECT detail FROM requests WHERE id = ?", (request_id,)).fetchone()
-        except sqlite3.OperationalError:  # no schema yet
-            return None
-    return row[0] if row else None
+    found = rows(db, "SELECT detail FROM requests WHERE id = ?", (request_id,))
+    return found[0][0] if found else None
 
 
 def relay_nonce(chain: Chain) -> int:
     return int(chain.w3.eth.get_transaction_count(chain.relay.account.address))
 
 
-def batch_roots(db: Path) -> set[str]:
-    with sqlite3.connect(db) as conn:
-        try:
-            return {root for (root,) in conn.execute("SELECT root FROM batches")}
-        except sqlite3.OperationalError:
-            return set()
+def batch_roots(db: RelayDb) -> set[str]:
+    return {root for (root,) in rows(db, "SELECT root FROM batches")}
 
 
 def sign_at(chain: Chain, call: Any, price: int, *, nonce: int | None = None, value: int = FEE) -> Any:
@@ -237,10 +222,10 @@ def start_arg(chain: Chain) -> tuple[str, str]:
 
 
 def test_unpaid_and_gas_hungry_requests_are_skipped(
-    chain: Chain, server: str, tmp_path: Path, miner: Miner
+    chain: Chain, server: str, relay_db: RelayDb, miner: Miner
 ) -> None:
     """Zero-fee requests and 2M-gas callbacks drained today's relay: it served everything."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     begin = start_arg(chain)
     unpaid = request(chain, "iris-mlp", iris_input(), fee=0)
     hungry = request(chain, "iris-mlp", iris_input(), fee=10**17, gas=2_000_000)
@@ -250,8 +235,7 @@ def test_unpaid_and_gas_hungry_requests_are_skipped(
         wait_for(lambda: statuses(db).get(paid) == "fulfilled", what="the paying request")
         wait_for(lambda: statuses(db).get(unpaid) == "skipped", timeout=10, what="the unpaid request skipped")
         wait_for(lambda: statuses(db).get(hungry) == "skipped", timeout=10, what="the gas-hungry one skipped")
-    with sqlite3.connect(db) as conn:
-        details = dict(conn.execute("SELECT id, detail FROM requests").fetchall())
+    details = dict(rows(db, "SELECT id, detail FROM requests"))
     assert "below the minimum" in details[unpaid] and "callback gas" in details[hungry]
     assert chain_status(chain, unpaid) == 1 and chain_status(chain, hungry) == 1
     assert relay_nonce(chain) == before + 1  # one transaction: the paying request's
@@ -267,10 +251,10 @@ def test_unpaid_and_gas_hungry_requests_are_skipped(
 
 
 def test_request_that_pays_only_at_the_minimum_price_waits_for_a_cheaper_chain(
-    chain: Chain, server: str, tmp_path: Path
+    chain: Chain, server: str, relay_db: RelayDb
 ) -> None:
     """A fee that passes the 1 gwei floor but breaks even at 5 gwei is a loss at 20 gwei: the relay waits."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     begin = start_arg(chain)
     cheap = request(chain, "iris-mlp", iris_input(), fee=5 * GWEI * FULFIL_OVERHEAD_GAS)
     before = relay_nonce(chain)
@@ -288,9 +272,9 @@ def test_request_that_pays_only_at_the_minimum_price_waits_for_a_cheaper_chain(
         wait_for(lambda: statuses(db).get(cheap) == "fulfilled", what="the request once gas is cheap")
 
 
-def test_default_gas_price_cap(chain: Chain, server: str, tmp_path: Path) -> None:
+def test_default_gas_price_cap(chain: Chain, server: str, relay_db: RelayDb) -> None:
     """Today's relay had no cap unless given one: a 200 gwei spike was paid in full."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     begin = start_arg(chain)
     spike = SpikeMiner(chain, 200 * GWEI)
     with relaxed_base_fee(chain):
@@ -320,12 +304,12 @@ def test_default_gas_price_cap(chain: Chain, server: str, tmp_path: Path) -> Non
 
 
 def test_stuck_transaction_is_repriced_and_does_not_stall_the_loop(
-    chain: Chain, server: str, tmp_path: Path
+    chain: Chain, server: str, relay_db: RelayDb
 ) -> None:
     """Today a fulfilment priced under a rising base fee sat in the pool for ever (no bumping), and each
     re-broadcast of it drew "transaction already imported", which backed the whole loop off: the next
     request was never served."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     begin = start_arg(chain)
     spike = SpikeMiner(chain, 20 * GWEI)
     try:
@@ -357,15 +341,14 @@ def test_stuck_transaction_is_repriced_and_does_not_stall_the_loop(
             wait_for(lambda: statuses(db).get(second) == "fulfilled", what="the relay's record")
     finally:
         spike.stop()
-    with sqlite3.connect(db) as conn:
-        prices = [int(p) for (p,) in conn.execute("SELECT gas_price FROM attempts ORDER BY signed_at")]
+    prices = [int(p) for (p,) in rows(db, "SELECT gas_price FROM attempts ORDER BY signed_at")]
     assert max(prices) > min(prices) and max(prices) <= 100 * GWEI  # re-priced, under the default cap
 
 
-def test_re_pricing_stops_at_the_requests_break_even(chain: Chain, server: str, tmp_path: Path) -> None:
+def test_re_pricing_stops_at_the_requests_break_even(chain: Chain, server: str, relay_db: RelayDb) -> None:
     """A fulfil of a request paying 10 gwei per gas is not re-priced to 20 gwei under a spike: that would be
     served at a loss. It waits at its break-even and gets through once the spike is over."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     begin = start_arg(chain)
     spike = SpikeMiner(chain, 20 * GWEI)
     fee = 10 * GWEI * FULFIL_OVERHEAD_GAS  # break-even 10 gwei
@@ -391,23 +374,21 @@ def test_re_pricing_stops_at_the_requests_break_even(chain: Chain, server: str, 
                 )
     finally:
         spike.stop()
-    with sqlite3.connect(db) as conn:
-        prices = [int(p) for (p,) in conn.execute("SELECT gas_price FROM attempts")]
+    prices = [int(p) for (p,) in rows(db, "SELECT gas_price FROM attempts")]
     assert max(prices) <= 10 * GWEI
 
 
-def tx_detail(db: Path) -> str | None:
+def tx_detail(db: RelayDb) -> str | None:
     """The newest note on the relay's transactions."""
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT detail FROM transactions ORDER BY updated DESC LIMIT 1").fetchone()
-    return row[0] if row else None
+    found = rows(db, "SELECT detail FROM transactions ORDER BY updated DESC LIMIT 1")
+    return found[0][0] if found else None
 
 
 def test_anchor_transaction_lost_from_the_mempool_is_sent_again(
-    chain: Chain, server_pki: Path, tmp_path: Path
+    chain: Chain, server_pki: Path, relay_db: RelayDb
 ) -> None:
     """Today an anchor transaction was fire-and-forget: once lost from the pool it was never sent again."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     since = chain.w3.eth.block_number
     with local_enclave(server_pki) as url:
         enclave = register(chain, url, server_pki)
@@ -426,10 +407,10 @@ def test_anchor_transaction_lost_from_the_mempool_is_sent_again(
 
 
 def test_root_anchored_by_someone_else_is_skipped(
-    chain: Chain, server_pki: Path, tmp_path: Path, miner: Miner
+    chain: Chain, server_pki: Path, relay_db: RelayDb, miner: Miner
 ) -> None:
     """Today AlreadyAnchored left the cursor where it was: with a full batch the relay never moved on."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     since = chain.w3.eth.block_number
     with local_enclave(server_pki) as url:
         enclave = register(chain, url, server_pki)
@@ -451,10 +432,10 @@ def test_root_anchored_by_someone_else_is_skipped(
 
 
 def test_evicted_receipts_move_the_cursor_to_the_first_kept(
-    chain: Chain, server_pki: Path, tmp_path: Path, miner: Miner
+    chain: Chain, server_pki: Path, relay_db: RelayDb, miner: Miner
 ) -> None:
     """Today a 410 receipts_evicted was retried for ever from the same cursor."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     since = chain.w3.eth.block_number
     with local_enclave(server_pki, log_size=3) as url:
         enclave = register(chain, url, server_pki)
@@ -467,11 +448,11 @@ def test_evicted_receipts_move_the_cursor_to_the_first_kept(
 
 
 def test_enclave_restarted_behind_the_same_url_has_its_receipts_anchored(
-    chain: Chain, server_pki: Path, tmp_path: Path, miner: Miner
+    chain: Chain, server_pki: Path, relay_db: RelayDb, miner: Miner
 ) -> None:
     """Today the cursor was keyed by URL: a restarted enclave (new key, log from 0) had its first
     receipts skipped, up to the old enclave's count."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     since = chain.w3.eth.block_number
     port = free_port()
     with relay_process(chain, [f"http://127.0.0.1:{port}"], db, extra=(*ANCHORING, *start_arg(chain))):
@@ -490,9 +471,9 @@ def test_enclave_restarted_behind_the_same_url_has_its_receipts_anchored(
     assert anchored(chain, since, second)[0]["count"] == 2
 
 
-def test_anchor_reorged_out_is_sent_again(chain: Chain, server_pki: Path, tmp_path: Path) -> None:
+def test_anchor_reorged_out_is_sent_again(chain: Chain, server_pki: Path, relay_db: RelayDb) -> None:
     """Today an anchorBatch dropped by a reorg was never re-sent."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     since = chain.w3.eth.block_number
     mining = Miner(chain).start()
     try:
@@ -514,10 +495,10 @@ def test_anchor_reorged_out_is_sent_again(chain: Chain, server_pki: Path, tmp_pa
 
 
 def test_kill_between_recording_a_batch_and_broadcasting_it(
-    chain: Chain, server_pki: Path, tmp_path: Path, miner: Miner, monkeypatch: pytest.MonkeyPatch
+    chain: Chain, server_pki: Path, relay_db: RelayDb, miner: Miner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Today a batch recorded as submitted but never sent (SIGKILL in between) was never anchored."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     since = chain.w3.eth.block_number
     with local_enclave(server_pki) as url:
         enclave = register(chain, url, server_pki)
@@ -538,12 +519,12 @@ def test_kill_between_recording_a_batch_and_broadcasting_it(
 
 
 def test_kill_after_sending_an_anchor_does_not_anchor_its_receipts_twice(
-    chain: Chain, server_pki: Path, tmp_path: Path, miner: Miner, monkeypatch: pytest.MonkeyPatch
+    chain: Chain, server_pki: Path, relay_db: RelayDb, miner: Miner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed after the anchor transaction was sent but before the batch and the cursor past it were
     recorded, the relay used to ask again from the old cursor: the log had grown meanwhile, so a second,
     larger batch anchored the same receipts again (gas paid twice)."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     since = chain.w3.eth.block_number
     with local_enclave(server_pki) as url:
         enclave = register(chain, url, server_pki)
@@ -573,7 +554,7 @@ def test_kill_after_sending_an_anchor_does_not_anchor_its_receipts_twice(
     assert sum(counts) == 4, counts  # each receipt in exactly one anchored batch
 
 
-def test_node_answers_to_a_raw_transaction_are_classified(chain: Chain, tmp_path: Path) -> None:
+def test_node_answers_to_a_raw_transaction_are_classified(chain: Chain, relay_db: RelayDb) -> None:
     """Today "transaction already imported" (anvil's "already known") was raised out of the loop, which then
     backed off for seconds; a node's refusal is now an outcome of that one transaction."""
     from relay.policy import FeePolicy
@@ -584,7 +565,7 @@ def test_node_answers_to_a_raw_transaction_are_classified(chain: Chain, tmp_path
     txm = TxManager(
         chain.w3,
         account,
-        RelayState(tmp_path / "tx.sqlite3").txs,
+        RelayState(relay_db.url).txs,
         FeePolicy(),
         chain_id=CHAIN_ID,
         confirmations=1,
@@ -612,10 +593,12 @@ def test_node_answers_to_a_raw_transaction_are_classified(chain: Chain, tmp_path
 # --- 9: reorgs ----------------------------------------------------------------------------------------------
 
 
-def test_reorg_that_recreates_a_request_with_another_input(chain: Chain, server: str, tmp_path: Path) -> None:
+def test_reorg_that_recreates_a_request_with_another_input(
+    chain: Chain, server: str, relay_db: RelayDb
+) -> None:
     """A request id is keccak(chain, verifier, requester, count): a reorg can bring it back with another
     input. Today the relay kept serving the input it had stored first (its fulfilment reverted for ever)."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     port = free_port()
     mining = Miner(chain).start()
     begin = start_arg(chain)
@@ -658,16 +641,15 @@ def test_reorg_that_recreates_a_request_with_another_input(chain: Chain, server:
             stop(proxy)
         mining.stop()
         chain.user.forget_nonce()
-    with sqlite3.connect(db) as conn:
-        stored = conn.execute("SELECT input FROM requests WHERE id = ?", (request_id,)).fetchone()[0]
+    [(stored,)] = rows(db, "SELECT input FROM requests WHERE id = ?", (request_id,))
     assert bytes(stored) == inputs[1]
 
 
 def test_reorg_removing_a_request_with_an_unconfirmed_fulfilment(
-    chain: Chain, server: str, tmp_path: Path
+    chain: Chain, server: str, relay_db: RelayDb
 ) -> None:
     """Today the relay re-broadcast its fulfilment of a request the reorg had removed: a revert, paid for."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     begin = start_arg(chain)
     request_id = request(chain, "iris-mlp", iris_input())
     request_block = chain.w3.eth.block_number
@@ -690,10 +672,10 @@ def test_reorg_removing_a_request_with_an_unconfirmed_fulfilment(
     assert relay_nonce(chain) == after_reorg  # nothing sent for a request that no longer exists
 
 
-def test_reorg_deeper_than_64_blocks(chain: Chain, server: str, tmp_path: Path) -> None:
-    """Today a reorg deeper than the fixed 64-block re-scan left the request 'fulfilled' in SQLite while
+def test_reorg_deeper_than_64_blocks(chain: Chain, server: str, relay_db: RelayDb) -> None:
+    """Today a reorg deeper than the fixed 64-block re-scan left the request 'fulfilled' in its state while
     it was pending on chain again."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     mining = Miner(chain).start()
     begin = start_arg(chain)
     try:
@@ -721,10 +703,10 @@ def test_reorg_deeper_than_64_blocks(chain: Chain, server: str, tmp_path: Path) 
         chain.user.forget_nonce()
 
 
-def test_own_fulfilment_kept_through_a_reorg_stays_ours(chain: Chain, server: str, tmp_path: Path) -> None:
+def test_own_fulfilment_kept_through_a_reorg_stays_ours(chain: Chain, server: str, relay_db: RelayDb) -> None:
     """Today a reorg re-opened the relay's own confirmed fulfilment and relabelled it 'settled' (by
     someone else)."""
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     mining = Miner(chain).start()
     begin = start_arg(chain)
     try:
@@ -757,7 +739,9 @@ def test_own_fulfilment_kept_through_a_reorg_stays_ours(chain: Chain, server: st
 # --- 10: chain id -------------------------------------------------------------------------------------------
 
 
-def test_chain_id_is_configured_and_checked(chain: Chain, server: str, tmp_path: Path, miner: Miner) -> None:
+def test_chain_id_is_configured_and_checked(
+    chain: Chain, server: str, relay_db: RelayDb, miner: Miner
+) -> None:
     """Today the relay signed for whatever chain id the RPC reported."""
     base = [
         VERINFER,
@@ -772,17 +756,17 @@ def test_chain_id_is_configured_and_checked(chain: Chain, server: str, tmp_path:
     ]
     env = {"VERINFER_KEY": "0x" + "11" * 32, "PATH": "/usr/bin:/bin"}
     wrong = subprocess.run(  # noqa: PLW1510 - the exit status is the point
-        [*base, "--db", str(tmp_path / "w.sqlite3"), "--chain-id", "1"],
+        [*base, "--db", relay_db.url, "--chain-id", "1"],
         env=env,
         capture_output=True,
         timeout=60,
     )
     assert wrong.returncode == 2 and b"chain id 31337" in wrong.stderr
     missing = subprocess.run(  # noqa: PLW1510 - the exit status is the point
-        [*base, "--db", str(tmp_path / "m.sqlite3")], env=env, capture_output=True, timeout=60
+        [*base, "--db", relay_db.url], env=env, capture_output=True, timeout=60
     )
     assert missing.returncode == 2 and b"--chain-id" in missing.stderr
-    db = tmp_path / "relay.sqlite3"
+    db = relay_db
     begin = start_arg(chain)
     request_id = request(chain, "iris-mlp", iris_input())
     with relay_process(chain, [server], db, extra=begin):  # with --chain-id 31337
@@ -792,7 +776,7 @@ def test_chain_id_is_configured_and_checked(chain: Chain, server: str, tmp_path:
 
 
 def test_an_rpc_endpoint_that_switches_chains_mid_run_is_refused(
-    chain: Chain, server: str, tmp_path: Path, miner: Miner
+    chain: Chain, server: str, relay_db: RelayDb, miner: Miner
 ) -> None:
     """Checked only at start, a relay whose endpoint was re-pointed to another chain went on reading that
     chain's blocks as if they were ours (its checkpoints all looked like a reorg). Now every step first
@@ -814,7 +798,7 @@ def test_an_rpc_endpoint_that_switches_chains_mid_run_is_refused(
                 bind(w3, "InferenceVerifier", chain.contract.address),
                 chain.relay.account,
                 [server],
-                RelayState(tmp_path / "relay.sqlite3"),
+                RelayState(relay_db.url),
                 chain_id=CHAIN_ID,
                 confirmations=1,
                 start_block=chain.w3.eth.block_number,

@@ -29,8 +29,9 @@ from relay.state import RequestRow
 from verinfer.processes import running_server
 
 from .chain_fixtures import Chain
+from .relay_db import RelayDb, statuses
 from .test_contract_attacks import OwnEnclave, fulfil_call, refused, register_own_enclave
-from .test_relay import FEE, Miner, after, local_relay, miner, relay_process, statuses, wait_for
+from .test_relay import FEE, Miner, after, local_relay, miner, relay_process, wait_for
 
 __all__ = ["miner"]  # a fixture, imported for the relay tests
 
@@ -75,7 +76,7 @@ def chain_data(chain: Chain, first_block: int) -> bytes:
 
 
 def files_under(directory: Path) -> bytes:
-    """The relay's SQLite files (database, WAL, shared memory) and logs, as bytes."""
+    """The relay's files, as bytes: its logs, and its SQLite database, WAL and shared memory."""
     return b"".join(path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file())
 
 
@@ -125,15 +126,13 @@ def test_the_registered_encryption_key_is_the_attested_one(
 
 
 def test_sealed_requests_are_served_and_nobody_but_the_enclave_sees_the_input(
-    chain: Chain, server: str, other_server: str, miner: Miner, tmp_path: Path
+    chain: Chain, server: str, other_server: str, miner: Miner, relay_db: RelayDb
 ) -> None:
     model_hash = chain.models["iris-mlp"]
     consumer = deploy(chain.admin, "SealedInferenceConsumer", chain.contract.address, model_hash)
     requester = SealingKey.generate()
     first_block = chain.w3.eth.block_number + 1
-    relay_dir = tmp_path / "relay"
-    relay_dir.mkdir()
-    db = relay_dir / "relay.sqlite3"
+    db = relay_db
 
     sealed_clear = seal_input(encryption_key(chain), model_hash, features(CLEAR_ANSWER))
     sealed_sealed = seal_input(encryption_key(chain), model_hash, features(SEALED_ANSWER))
@@ -170,8 +169,9 @@ def test_sealed_requests_are_served_and_nobody_but_the_enclave_sees_the_input(
         assert fulfilled["args"]["enclave"] == chain.enclave
 
     # Nothing the relay wrote, logged or sent, and nothing on chain, holds the inputs or the sealed output.
+    # (On PostgreSQL: the database's files, after a checkpoint, and the server's write-ahead log.)
     seen = {
-        "the relay's database and log": files_under(relay_dir),
+        "the relay's database and log": files_under(db.folder) + db.stored_bytes(),
         "the chain": chain_data(chain, first_block),
     }
     assert b"verinfer.relay" in seen["the relay's database and log"]  # the log is among them
@@ -291,7 +291,7 @@ def step_until(chain: Chain, relay: Relay, check: Callable[[], bool], what: str)
 
 
 def test_a_tampered_ciphertext_is_refused_by_the_enclave_and_nothing_is_posted(
-    snapshot: Chain, server: str, tmp_path: Path
+    snapshot: Chain, server: str, relay_db: RelayDb
 ) -> None:
     first_block = snapshot.w3.eth.block_number + 1
     sealed = bytearray(
@@ -299,7 +299,7 @@ def test_a_tampered_ciphertext_is_refused_by_the_enclave_and_nothing_is_posted(
     )
     sealed[-1] ^= 1
     request_id = "0x" + sealed_request(snapshot, bytes(sealed)).hex()
-    relay = local_relay(snapshot, server, tmp_path / "relay.sqlite3", start_block=first_block)
+    relay = local_relay(snapshot, server, relay_db, start_block=first_block)
     seen = lambda: relay.state.request(request_id) is not None  # noqa: E731
     step_until(
         snapshot, relay, lambda: seen() and stored(relay, request_id).status == "failed", "the refusal"
@@ -311,14 +311,14 @@ def test_a_tampered_ciphertext_is_refused_by_the_enclave_and_nothing_is_posted(
 
 
 def test_the_relay_serves_a_sealed_request_only_with_its_enclave(
-    snapshot: Chain, server: str, tmp_path: Path
+    snapshot: Chain, server: str, relay_db: RelayDb
 ) -> None:
     """Sealed to an enclave the relay does not serve: no enclave is asked to run it, it waits (another relay
     may serve that enclave) until its deadline."""
     first_block = snapshot.w3.eth.block_number + 1
     own = register_own_enclave(snapshot, encryption_key=os.urandom(32))
     request_id = "0x" + sealed_request(snapshot, b"sealed to our own enclave", enclave=own.address).hex()
-    relay = local_relay(snapshot, server, tmp_path / "relay.sqlite3", start_block=first_block)
+    relay = local_relay(snapshot, server, relay_db, start_block=first_block)
     seen = lambda: relay.state.request(request_id) is not None  # noqa: E731
     step_until(snapshot, relay, lambda: seen() and stored(relay, request_id).attempts >= 1, "a try")
     row = stored(relay, request_id)
