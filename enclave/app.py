@@ -29,7 +29,7 @@ from protocol.edge import (
     HttpEdge,
     install_error_handlers,
 )
-from protocol.errors import RequestError, bad_request
+from protocol.errors import RequestError, bad_request, not_found
 from protocol.inputs import MAX_BATCH_ELEMENTS, parse_json
 
 from . import __version__, kserve, llm_api, schemas
@@ -143,12 +143,30 @@ NONCE_QUERY = Query(
 )
 
 
-async def get_attestation(request: Request, nonce: str | None = NONCE_QUERY) -> Response:
+SIGNER_QUERY = Query(
+    default=None,
+    pattern=r"^0x[0-9a-fA-F]{40}$",
+    description="an enclave address: only the enclave that signs as it answers, others say 404 (a fleet)",
+)
+
+
+def check_signer(service: EnclaveService, signer: str | None) -> None:
+    """Behind a load balancer, `?signer=` reaches the enclave that signed a given receipt: every other
+    enclave refuses with 404, and the balancer tries the next one (verinfer/fleet.py)."""
+    if signer is not None and signer.lower() != service.address.lower():
+        raise not_found("unknown_signer", f"this enclave signs as {service.address}, not {signer}")
+
+
+async def get_attestation(
+    request: Request, nonce: str | None = NONCE_QUERY, signer: str | None = SIGNER_QUERY
+) -> Response:
     """A fresh attestation document binding the enclave key and the manifest digest, with your nonce.
 
-    JSON by default; `Accept: application/cbor` returns the raw COSE_Sign1 document.
+    JSON by default; `Accept: application/cbor` returns the raw COSE_Sign1 document. With `signer`, only
+    the enclave that signs as that address answers (404 `unknown_signer` elsewhere).
     """
     service = _service(request)
+    check_signer(service, signer)
     document = service.attestation(parse_nonce(nonce))
     state = _state(request)
     if "application/cbor" in request.headers.get("accept", ""):
@@ -411,7 +429,7 @@ ROUTES: tuple[tuple[str, Any, str, dict[str, Any]], ...] = (
         {
             "responses": {
                 200: {"model": schemas.AttestationResponse, "content": {"application/cbor": {}}},
-                **_errors(_E, 400),
+                **_errors(_E, 400, 404),
             }
         },
     ),
@@ -604,7 +622,10 @@ def create_app(
     if llm is not None:
         observe_llm(metrics, llm)
     install_error_handlers(
-        api, on_error=on_error, parameter_codes={"nonce": "invalid_nonce"}, internal=INTERNAL
+        api,
+        on_error=on_error,
+        parameter_codes={"nonce": "invalid_nonce", "signer": "invalid_signer"},
+        internal=INTERNAL,
     )
     api.openapi = lambda: openapi_schema(api)  # type: ignore[method-assign]
     api.router.on_shutdown.append(access_log.flush)

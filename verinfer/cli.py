@@ -15,7 +15,7 @@ from attestation import cli as attest_cli
 from enclave import cli as enclave_cli
 from relay import cli as relay_cli
 
-from . import explorer_cli, image, proxy, seal_cli, verify_cli
+from . import explorer_cli, fleet, image, proxy, seal_cli, verify_cli
 
 EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     seal_cli.register(groups)
     explorer_cli.register(groups)
     proxy.register(groups)
+    fleet.register(groups)
     relay_cli.register(groups)
     return parser
 

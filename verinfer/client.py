@@ -18,10 +18,13 @@ receipts commit to the hashes with a per-request salt that only the client and t
 receipt vouches for it. `verify_openai` checks a completion obtained with the `openai` client.
 
 A refusal by the server is a ServerError(status, code, message). When a receipt names another enclave
-than the cached one (the enclave restarted, or a load balancer moved you), the client re-attests once
-and raises if the signer is still not the attested key. The attestation is verified (freshness, max_age_s
-included) when it is fetched; later receipts are checked against that verified key: call `attest()` to
-refresh it. Transport failures are httpx's exceptions.
+than the cached one (the enclave restarted, or a load balancer sent you to another enclave of the fleet),
+the client attests *that* enclave once, with `GET /attestation?signer=ADDRESS&nonce=...` (docs/PROTOCOL.md:
+behind a proxy, only the enclave that signs as ADDRESS answers it), keeps it beside the others
+(`client.enclaves`), and raises UnknownSignerError if no enclave of a pinned image signs as that key.
+The attestation is verified (freshness, max_age_s included) when it is fetched; later receipts are
+checked against that verified key: call `attest()` to refresh it. Transport failures are httpx's
+exceptions.
 
     from attestation import Policy, TrustedRoot
     from verinfer.client import Client
@@ -47,12 +50,14 @@ from protocol.ohttp import KeyConfig
 from .client_core import (
     Attested,
     InferResult,
+    attested_signer,
     bind_manifest,
     check_document,
     check_infer,
     infer_body,
     make_trust,
     new_nonce,
+    signer_address,
 )
 from .client_errors import (
     AttestationError,
@@ -107,6 +112,14 @@ def _content(response: httpx.Response) -> bytes:
     return response.content
 
 
+def _attestation(response: httpx.Response, signer: str | None) -> bytes:
+    """An /attestation answer's body; asked for a `signer` that no enclave behind the URL is (404 from
+    every one of them), UnknownSignerError."""
+    if signer is not None and response.status_code == 404:
+        raise UnknownSignerError(f"no enclave behind {response.request.url.host} signs as {signer}")
+    return _content(response)
+
+
 class _Base:
     """State shared by both clients: the trust and the attested enclave (None until first contact).
 
@@ -119,8 +132,27 @@ class _Base:
     ) -> None:
         self._trust = make_trust(trust, image_ids, allow_any_image)
         self._attested: Attested | None = None
+        self._fleet: dict[bytes, Attested] = {}  # every enclave verified, by signing address
         self._sealed = sealed
         self._key_config: KeyConfig | None = None
+
+    def _keep(self, attested: Attested, signer: str | None) -> Attested:
+        """Keep a verified enclave beside the others; the latest becomes the cached one. A plain attest()
+        is a refresh: the other enclaves are forgotten and attested again when they next sign."""
+        attested = attested_signer(attested, signer)
+        if signer is None:
+            self._fleet.clear()
+        self._fleet[attested.address] = attested
+        self._attested = attested
+        return attested
+
+    def _known(self, signer: str | None) -> Attested | None:
+        return self._fleet.get(signer_address(signer)) if signer is not None else None
+
+    @property
+    def enclaves(self) -> list[Attested]:
+        """Every enclave this client has verified (several behind a load balancer), first contact first."""
+        return list(self._fleet.values())
 
 
 class Client(_Base):
@@ -152,17 +184,18 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def attest(self) -> Attested:
-        """Fetch and verify a fresh attestation (new nonce) and its manifest; it becomes the cached one."""
+    def attest(self, signer: str | None = None) -> Attested:
+        """Fetch and verify a fresh attestation (new nonce) and its manifest; it becomes the cached one.
+        `signer` (0x address): the enclave that signs as it, kept beside the cached one."""
         nonce = new_nonce()
-        answer = self._http.get("/attestation", params={"nonce": nonce.hex()}, headers=_CBOR)
-        document, verified, at = check_document(_content(answer), nonce, self._trust)
+        params = {"nonce": nonce.hex()} | ({"signer": signer} if signer else {})
+        answer = self._http.get("/attestation", params=params, headers=_CBOR)
+        document, verified, at = check_document(_attestation(answer, signer), nonce, self._trust)
         manifest = bind_manifest(verified, _content(self._http.get("/models")))
-        if self._sealed:  # the gateway's key must be the attested one before anything is sealed
+        if self._sealed and signer is None:  # the gateway's key must be the attested one before sealing
             keys = _content(self._http.get(GATEWAY_PATH, headers=KEYS_HEADERS))
             self._key_config = bound_key_config(verified, keys)
-        self._attested = Attested(document, verified, manifest, nonce, at)
-        return self._attested
+        return self._keep(Attested(document, verified, manifest, nonce, at), signer)
 
     def _post(self, path: str, body: bytes) -> tuple[bytes, bytes | None]:
         """POST `body` to `path`, sealed to the attested key when the client seals; the answer's body and
@@ -188,8 +221,15 @@ class Client(_Base):
     def _checked(self, check: Callable[[Attested, bool], T]) -> T:
         try:
             return check(self.attestation, False)
-        except KeyChanged:
-            return check(self.attest(), True)
+        except KeyChanged as changed:
+            return check(self._attested_signer(changed.signer), True)
+
+    def _attested_signer(self, signer: str | None) -> Attested:
+        """The verified enclave that signs as `signer`: known, or attested now. A sealing client attests
+        afresh instead: its requests are sealed to one enclave's key, and it must follow a new one."""
+        if self._sealed or signer is None:
+            return self.attest()
+        return self._known(signer) or self.attest(signer)
 
     def infer(self, model: str, inputs: Any, *, request_id: bytes | str | None = None) -> InferResult:
         """POST /infer; the outputs (numpy arrays by name) once the receipt verifies. Inputs: {name: array},
@@ -297,16 +337,16 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def attest(self) -> Attested:
+    async def attest(self, signer: str | None = None) -> Attested:
         nonce = new_nonce()
-        answer = await self._http.get("/attestation", params={"nonce": nonce.hex()}, headers=_CBOR)
-        document, verified, at = check_document(_content(answer), nonce, self._trust)
+        params = {"nonce": nonce.hex()} | ({"signer": signer} if signer else {})
+        answer = await self._http.get("/attestation", params=params, headers=_CBOR)
+        document, verified, at = check_document(_attestation(answer, signer), nonce, self._trust)
         manifest = bind_manifest(verified, _content(await self._http.get("/models")))
-        if self._sealed:  # the gateway's key must be the attested one before anything is sealed
+        if self._sealed and signer is None:  # the gateway's key must be the attested one before sealing
             keys = _content(await self._http.get(GATEWAY_PATH, headers=KEYS_HEADERS))
             self._key_config = bound_key_config(verified, keys)
-        self._attested = Attested(document, verified, manifest, nonce, at)
-        return self._attested
+        return self._keep(Attested(document, verified, manifest, nonce, at), signer)
 
     async def _post(self, path: str, body: bytes) -> tuple[bytes, bytes | None]:
         """As Client._post: sealed to the attested key when the client seals."""
@@ -330,8 +370,14 @@ class AsyncClient(_Base):
     async def _checked(self, check: Callable[[Attested, bool], T]) -> T:
         try:
             return check(await self.attestation(), False)
-        except KeyChanged:
-            return check(await self.attest(), True)
+        except KeyChanged as changed:
+            return check(await self._attested_signer(changed.signer), True)
+
+    async def _attested_signer(self, signer: str | None) -> Attested:
+        """As Client._attested_signer."""
+        if self._sealed or signer is None:
+            return await self.attest()
+        return self._known(signer) or await self.attest(signer)
 
     async def infer(self, model: str, inputs: Any, *, request_id: bytes | str | None = None) -> InferResult:
         await self.attestation()

@@ -108,6 +108,24 @@ class Attested:
         return self.verified.simulated
 
 
+def signer_address(signer: str) -> bytes:
+    """A receipt's `enclave` (0x-hex, 20 bytes) as bytes; UnknownSignerError when it is not one."""
+    try:
+        address = bytes.fromhex(signer.removeprefix("0x"))
+    except ValueError:
+        address = b""
+    if len(address) != 20:
+        raise UnknownSignerError(f"the receipt names no enclave address ({signer!r})")
+    return address
+
+
+def attested_signer(attested: Attested, signer: str | None) -> Attested:
+    """`attested`, checked to be the enclave that signs as `signer` (when one was asked for)."""
+    if signer is not None and attested.address != signer_address(signer):
+        raise UnknownSignerError(f"asked for the enclave that signs as {signer}, got {attested.enclave}")
+    return attested
+
+
 def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
 
@@ -157,7 +175,8 @@ def require(report: VerificationReport, needed: Collection[str], *, final: bool)
     names = {c.name for c in failed}
     if "enclave_key" in names and "signature" not in names:
         if not final:
-            raise KeyChanged(detail)
+            signer = report.receipt.get("enclave") if report.receipt else None
+            raise KeyChanged(detail, signer if isinstance(signer, str) else None)
         raise UnknownSignerError(f"not signed by the attested enclave: {detail}", report)
     if names & FORGERY_CHECKS:
         raise ForgedReceiptError(f"the receipt does not match the answer: {detail}", report)

@@ -60,7 +60,12 @@ class ServerError(Exception):
 
 
 class KeyChanged(Exception):
-    """Internal: the receipt names another enclave than the cached attestation; re-attest once."""
+    """Internal: the receipt names another enclave than the cached attestation (`signer`, 0x-hex, when the
+    receipt names one): attest that enclave once (behind a load balancer, GET /attestation?signer=)."""
+
+    def __init__(self, detail: str, signer: str | None = None) -> None:
+        super().__init__(detail)
+        self.signer = signer
 
 
 def server_error(status: int, content: bytes) -> ServerError:

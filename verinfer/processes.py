@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from .fleet import nginx_binary, nginx_config
 
 VERINFER = str(Path(sys.executable).parent / "verinfer")
 
@@ -183,3 +186,35 @@ def chromium_executable() -> str:
     if found is None:
         raise FileNotFoundError("no chromium on PATH: run `make setup` (installs Debian's chromium)")
     return found
+
+
+@contextmanager
+def running_nginx(enclaves: list[str]) -> Iterator[str]:
+    """Debian's nginx on a free loopback port in front of `enclaves` (base URLs), with verinfer/fleet.py's
+    configuration in a private folder; stopped on exit. Yields the fleet's URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="verinfer-nginx-") as folder:
+        prefix = Path(folder)
+        upstreams = [url.removeprefix("http://").rstrip("/") for url in enclaves]
+        run_as = "root" if os.geteuid() == 0 else None  # as root, workers would drop to nobody
+        config = nginx_config(f"127.0.0.1:{port}", upstreams, prefix=prefix, run_as=run_as)
+        (prefix / "nginx.conf").write_text(config)
+        command = [nginx_binary(), "-p", folder, "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    stop(process)
+                    errors = process.stderr.read().decode() if process.stderr else ""
+                    log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
+                    raise RuntimeError(f"nginx did not come up: {errors}{log}")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            yield url
+        finally:
+            stop(process)

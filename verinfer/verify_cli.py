@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +157,64 @@ def _print_report(args: argparse.Namespace, report: Any) -> int:
     return EXIT_OK if report.verified else EXIT_REJECTED
 
 
+SIGNER = re.compile(rb'"enclave"\s*:\s*"(0x[0-9a-fA-F]{40})"')
+
+
+def signer_of(raw_response: bytes) -> str | None:
+    """The enclave address the answer's (last) receipt names: which enclave of a fleet to attest. Only
+    routing: the verification itself checks the signature against the document fetched."""
+    found = SIGNER.findall(raw_response)
+    return found[-1].decode() if found else None
+
+
+def fetch_evidence(args: argparse.Namespace, raw_response: bytes, folder: Path) -> str | None:
+    """--enclave URL: GET /attestation with a fresh nonce of ours (and `signer`, the enclave that signed
+    this answer, so behind a load balancer the right enclave answers), and GET /models when no --manifest.
+    The answers become --attestation, --manifest and --nonce. Returns why it failed, or None."""
+    import secrets
+
+    import httpx
+
+    url = args.enclave.rstrip("/")
+    nonce = args.nonce or secrets.token_hex(32)
+    params = {"nonce": nonce}
+    if (signer := signer_of(raw_response)) is not None:
+        params["signer"] = signer
+    try:
+        attestation = httpx.get(f"{url}/attestation", params=params, timeout=30)
+        if attestation.status_code == 404 and signer is not None:
+            return f"no enclave behind {url} signs as {signer}"
+        attestation.raise_for_status()
+        (folder / "attestation.json").write_bytes(attestation.content)
+        if not args.manifest:
+            models = httpx.get(f"{url}/models", timeout=30)
+            models.raise_for_status()
+            (folder / "models.json").write_bytes(models.content)
+            args.manifest = str(folder / "models.json")
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot fetch the attestation from {url}: {exc}") from exc
+    args.attestation = str(folder / "attestation.json")
+    args.nonce = nonce
+    return None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    raw_response = _read_bytes(args.response, "response")
+    if args.enclave is None:
+        return _verify(args, raw_response)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        if (failure := fetch_evidence(args, raw_response, Path(folder))) is not None:
+            print(f"REJECTED: {failure}")
+            return EXIT_REJECTED
+        return _verify(args, raw_response)
+
+
+def _verify(args: argparse.Namespace, raw_response: bytes) -> int:
     from .verify import verify_inference
     from .verify_llm import is_completion, is_sse
 
-    raw_response = _read_bytes(args.response, "response")
     if is_sse(raw_response):
         return _verify_llm(args, raw_response)
     response = _loads(raw_response, args.response, "response")
@@ -215,7 +269,14 @@ def register(subparsers: Any) -> None:
         help="JSON response of /infer or /v2/models/NAME/infer (or a bare receipt), or of /v1/completions"
         " or /v1/chat/completions (JSON, or the saved SSE transcript of a streamed one)",
     )
-    check.add_argument("--attestation", required=True, metavar="FILE", help=f"the document: {DOCUMENT_FORMS}")
+    evidence = check.add_mutually_exclusive_group(required=True)
+    evidence.add_argument("--attestation", metavar="FILE", help=f"the document: {DOCUMENT_FORMS}")
+    evidence.add_argument(
+        "--enclave",
+        metavar="URL",
+        help="fetch the document now, with a fresh nonce, from the enclave that signed the answer"
+        " (GET /attestation?signer=: any enclave of a fleet behind one URL), and GET /models",
+    )
     check.add_argument(
         "--request",
         metavar="FILE",
