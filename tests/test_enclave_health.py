@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from relay.enclave_health import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, LiveSigners
 
 from .chain_fixtures import Chain
@@ -42,19 +44,21 @@ def test_breaker_opens_after_consecutive_failures_and_backs_off() -> None:
     assert breaker.state == CLOSED and breaker.allow()
 
 
-def test_live_signers_asks_the_contract_and_caches(chain: Chain) -> None:
+def test_live_signers_asks_the_contract_and_caches(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     live = LiveSigners(chain.contract, ttl_s=30.0, clock=clock)
     assert live.why_not(chain.enclave) is None
     assert live.why_not("0x" + "11" * 20) == "UnknownEnclave"
-    calls = []
     original = chain.contract.functions.requireLiveEnclave
-    chain.contract.functions.requireLiveEnclave = lambda *a: calls.append(a) or original(*a)  # type: ignore[method-assign]
-    try:
-        assert live.why_not(chain.enclave.lower()) is None  # cached, whatever the case
-        assert calls == []
-        clock.now += 31
-        assert live.why_not(chain.enclave) is None
-        assert len(calls) == 1
-    finally:
-        chain.contract.functions.requireLiveEnclave = original  # type: ignore[method-assign]
+    calls: list[tuple[object, ...]] = []
+
+    def counted(*args: object) -> object:
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(chain.contract.functions, "requireLiveEnclave", counted)
+    assert live.why_not(chain.enclave.lower()) is None  # cached, whatever the case
+    assert calls == []
+    clock.now += 31
+    assert live.why_not(chain.enclave) is None
+    assert len(calls) == 1
