@@ -321,3 +321,30 @@ def test_page_opened_from_the_file_verifies_too(
     page.wait_for_selector("body[data-checked]", timeout=30_000)
     assert page.get_attribute("#verdict", "data-verdict") == "VERIFIED"
     assert page.locator("#verdict .simulated").is_visible()
+
+
+def test_dropped_files_are_sorted_and_verified(
+    page: Page, explorer: str, enclave: str, pins: dict[str, str]
+) -> None:
+    request = json.dumps(IRIS_OLS)
+    headers = {"content-type": "application/json"}
+    response = httpx.post(f"{enclave}/infer", content=request, headers=headers).text
+    open_and_check(page, explorer, **pins)
+    files = page.evaluate_handle(
+        """([request, response]) => {
+            const dropped = new DataTransfer();
+            dropped.items.add(new File([response], "response.json", { type: "application/json" }));
+            dropped.items.add(new File([request], "request.json", { type: "application/json" }));
+            return dropped;
+        }""",
+        [request, response],
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": files})
+    for _ in range(50):  # the page reads the files asynchronously
+        if page.input_value("#paste-request"):
+            break
+        page.wait_for_timeout(50)
+    assert page.input_value("#paste-response") == response
+    assert page.input_value("#paste-request") == request
+    page.click("#verify-pasted")
+    assert receipt_verdict(page, "pasted-body", "pasted-verdict") == "VERIFIED"
