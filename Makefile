@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 JS_STAMP := js/node_modules/.installed
 
-.PHONY: setup llm test lint typecheck pytest js-test demo bench bench-load bench-sealed bench-llm chaos fuzz bench-instructions models contracts image image-tools browser-tools postgres-tools bench-browser explorer enclave-lock clean
+.PHONY: setup llm test lint typecheck pytest js-test demo bench bench-load bench-sealed bench-llm chaos chaos-workers bench-relay fuzz bench-instructions models contracts image image-tools browser-tools postgres-tools bench-browser explorer enclave-lock clean
 
 setup: $(STAMP) $(NPM_STAMP) $(JS_STAMP) image-tools browser-tools postgres-tools llm
 
@@ -141,6 +141,14 @@ bench-llm: setup
 # spike; exits 1 if a request is lost or fulfilled twice, a nonce sticks, or a fee goes astray (docs/RELIABILITY.md).
 chaos: setup
 	$(BIN)/python -m bench.chaos --kills 100 --outage-s 30
+
+# three relay workers on one PostgreSQL, SIGKILLed at random (the leader too): docs/RELIABILITY.md
+chaos-workers: setup
+	$(BIN)/python -m bench.chaos_workers --requests 200 --kills 60 --seed 1
+
+# fulfilled requests/s and request-to-callback latency: 1 and 3 workers, SQLite against PostgreSQL
+bench-relay: setup
+	$(BIN)/python -m bench.bench_relay --requests 300
 
 # The parsers under a million fuzzed inputs, and the whole API under schemathesis (docs/BENCHMARKS.md).
 fuzz: setup

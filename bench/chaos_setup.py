@@ -76,8 +76,15 @@ def _register(
 
 
 @contextmanager
-def chaos_world(workdir: Path, *, enclaves: int = 2, anvil_args: tuple[str, ...] = ()) -> Iterator[World]:
-    """Start anvil and `enclaves` servers, deploy, approve, register them all; stop everything on exit.
+def chaos_world(
+    workdir: Path,
+    *,
+    enclaves: int = 2,
+    anvil_args: tuple[str, ...] = (),
+    enclave_args: tuple[str, ...] = (),
+) -> Iterator[World]:
+    """Start anvil and `enclaves` servers (`verinfer serve ... *enclave_args`), deploy, approve, register them
+    all; stop everything on exit.
 
     Setup runs with automine (fast); the chaos run then switches it off and mines with its own Miner.
     """
@@ -87,7 +94,9 @@ def chaos_world(workdir: Path, *, enclaves: int = 2, anvil_args: tuple[str, ...]
         anvil_url = stack.enter_context(running_anvil(*anvil_args))
         urls = [
             stack.enter_context(
-                running_server("--nsm", "sim", "--pki-dir", str(pki), log=workdir / f"enclave-{index}.log")
+                running_server(
+                    "--nsm", "sim", "--pki-dir", str(pki), *enclave_args, log=workdir / f"enclave-{index}.log"
+                )
             )
             for index in range(enclaves)
         ]

@@ -279,6 +279,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--http-deadline, --llm-deadline and --http-max-bytes must be positive")
     if args.confirmations < 0 or args.poll <= 0:
         raise UsageError("--confirmations must not be negative and --poll must be positive")
+    if args.lease <= 0 or not 0 <= args.metrics_port < 65536:
+        raise UsageError("--lease must be positive and --metrics-port a port number (0: no metrics)")
     policy = _fee_policy(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise; failures are logged
@@ -291,6 +293,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         state.bind_chain(args.chain_id, bytes(w3.eth.get_block(0)["hash"]), args.contract)
     except StateError as exc:
         raise UsageError(str(exc)) from exc
+    from .metrics import RelayMetrics
+
+    metrics = RelayMetrics(account.address)
     try:
         relay = Relay(
             w3,
@@ -308,17 +313,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             anchor_min=args.anchor_min,
             anchor_max=args.anchor_max,
             batch_token=batch_token,
+            lease_s=args.lease,
+            metrics=metrics,
         )
     except StateError as exc:
         raise UsageError(str(exc)) from exc
+    if args.metrics_port:
+        try:
+            metrics.serve(args.metrics_port)
+        except OSError as exc:
+            raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from exc
     logging.getLogger("verinfer.relay").info(
-        "relay %s watching %s on %s (chain %d)%s, state in %s; %s",
+        "relay %s watching %s on %s (chain %d)%s, state in %s (lease %.1f s)%s; %s",
         account.address,
         args.contract,
         args.rpc,
         args.chain_id,
         f" (batch token from ${args.batch_token_env})" if batch_token else "",
         state.location,
+        args.lease,
+        f", metrics on 127.0.0.1:{args.metrics_port}" if args.metrics_port else "",
         policy,
     )
     relay.run(poll_interval=args.poll)
@@ -503,6 +517,7 @@ def register(subparsers: Any) -> None:
     #             (alias --gas-price-cap-gwei) --bump-percent 12.5 --stuck-after 30
     #   anchoring --anchor-min 0 (off) --anchor-max 512 --batch-token-env NAME
     #   HTTP      --http-deadline 10 --http-max-bytes 16777216
+    #   workers   --lease 10 --metrics-port 0 (off)
     #   key       --key-env VERINFER_KEY | --keystore FILE --password-env NAME
     run = commands.add_parser("run", help="watch requests, fulfil them with enclaves, anchor receipt batches")
     run.add_argument("--enclave", required=True, help="enclave URL(s), comma separated")
@@ -573,6 +588,19 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--http-max-bytes", type=int, default=16 * 1024 * 1024, help="largest enclave answer read, bytes"
+    )
+    run.add_argument(
+        "--lease",
+        type=float,
+        default=10.0,
+        help="seconds a claim on a request lasts without renewal: when several workers share a PostgreSQL "
+        "--db, a killed worker's requests are taken over this long after its last renewal",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics (claims, lease take-overs, leadership, lag) on 127.0.0.1:PORT/metrics",
     )
     _key_options(run, "relay")
     run.set_defaults(handler=cmd_run)

@@ -29,18 +29,19 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 class CircuitBreaker:
     threshold: int = 3
     cooldown_s: float = 1.0
-    max_cooldown_s: float = 30.0
+    max_cooldown_s: float = 10.0
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     failures: int = 0  # consecutive
     opened: int = 0  # times opened in a row (the cool-down doubles each time)
     open_until: float = 0.0
-    trial: bool = False  # a half-open trial call is out
+    trial_until: float = 0.0  # a half-open trial call is out until then (one that never reports expires)
 
     @property
     def state(self) -> str:
         if self.failures < self.threshold:
             return CLOSED
-        return OPEN if self.clock() < self.open_until or self.trial else HALF_OPEN
+        now = self.clock()
+        return OPEN if now < self.open_until or now < self.trial_until else HALF_OPEN
 
     def allow(self) -> bool:
         """Whether to call the enclave now; a half-open breaker lets one trial call through."""
@@ -48,17 +49,17 @@ class CircuitBreaker:
         if state == CLOSED:
             return True
         if state == HALF_OPEN:
-            self.trial = True
+            self.trial_until = self.clock() + self.cooldown_s
             return True
         return False
 
     def success(self) -> None:
         self.failures = self.opened = 0
-        self.trial = False
+        self.trial_until = 0.0
 
     def failure(self) -> None:
         self.failures += 1
-        self.trial = False
+        self.trial_until = 0.0
         if self.failures >= self.threshold:
             cooldown = min(self.max_cooldown_s, self.cooldown_s * 2**self.opened)
             self.opened += 1

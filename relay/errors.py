@@ -45,3 +45,7 @@ class ReceiptsEvicted(RelayError):
 class StateError(RelayError):
     """The relay's state database cannot be reached or used: no server, wrong credentials, no such database,
     a schema this relay cannot read (too old, or newer than it), or another chain's state. One line."""
+
+
+class LostClaim(RelayError):
+    """Another relay worker holds the request now (this worker's lease ran out): it sends nothing for it."""

@@ -11,7 +11,11 @@ an answer but never forge one. The loop therefore optimises for "nothing lost, n
 - the receipt it asks an enclave for binds the fee to this relay (protocol.onchain.fulfilment_id);
 - a sealed request (requestSealedInference) goes only to the enclave it is sealed to, whose POST
   /infer/sealed opens it: the relay handles ciphertext alone and never sees the input or a sealed output;
-- an unreachable enclave, RPC node or database server means retry with backoff, never a crash.
+- an unreachable enclave, RPC node or database server means retry with backoff, never a crash;
+- many workers may share one PostgreSQL database (relay.workers): each claims requests under a lease before
+  serving them, sends nothing for a request another worker holds, watches (and re-broadcasts, byte for byte)
+  the transaction a dead worker left for a request it takes over, and serves the request itself only once
+  that transaction is definitively dead; scanning, reorgs and batch anchoring run on the leader only.
 """
 
 from __future__ import annotations
@@ -36,16 +40,19 @@ from protocol.onchain import fulfilment_id
 from protocol.receipts import ReceiptError, SignedReceipt, recover_signer
 from protocol.tensors import decode_tensors, encode_tensors, tensors_from_json
 
+from .enclave_health import OPEN, CircuitBreaker, LiveSigners
 from .errors import (
     ChainError,
     EnclaveUnavailable,
     GasPriceTooHigh,
+    LostClaim,
     PermanentFailure,
     ReceiptsEvicted,
     RelayError,
 )
 from .http_client import Limits, OutboundError, request
 from .llm_client import DEFAULT_LLM_DEADLINE_S, complete
+from .metrics import RelayMetrics
 from .policy import FeePolicy
 from .state import (
     LIVE_TX,
@@ -58,6 +65,7 @@ from .state import (
     TxStatus,
 )
 from .txmanager import TxManager, check_chain_id
+from .workers import DEFAULT_LEASE_S, Heartbeat, Leadership
 
 log = logging.getLogger("verinfer.relay")
 SCAN_CHUNK = 2000
@@ -69,6 +77,10 @@ ZERO_ADDRESS = "0x" + "00" * 20
 FULFIL, ANCHOR = "fulfil", "anchor"
 # A request that does not pay at the current gas price is priced again after this long (seconds).
 RETRY_UNPROFITABLE_S = 10.0
+CLAIM_BATCH = 4  # pending requests claimed at a time (a worker serves them, then claims more)
+SERVE_PER_STEP = 32  # at most this many pending requests served in one step
+CHECK_PER_STEP = 256  # submitted requests checked (and their leases kept) in one step
+LIVE, MINED, DEAD = "live", "mined", "dead"
 __all__ = ["EnclaveClient", "EnclaveUnavailable", "PermanentFailure", "Relay", "RequestStatus"]
 
 
@@ -90,7 +102,7 @@ class EnclaveClient:
     batch_token: str | None = field(default=None, repr=False)
     models: dict[str, str] = field(default_factory=dict)  # model hash (0x hex) -> name
     tasks: dict[str, str] = field(default_factory=dict)  # model hash (0x hex) -> task ("text-generation")
-    down_until: float = 0.0
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)  # skipped while it keeps failing
     max_bytes: int = DEFAULT_HTTP_MAX_BYTES
     signer: str | None = None  # the enclave's signing address, as last learnt
     signer_checked: float = 0.0
@@ -213,23 +225,35 @@ class Relay:
         signer_recheck_s: float = 5.0,
         chain_recheck_s: float = 60.0,
         llm_timeout: float = DEFAULT_LLM_DEADLINE_S,
+        lease_s: float = DEFAULT_LEASE_S,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         """`http_timeout` is the total deadline of each call to an enclave and `http_max_bytes` the largest
         answer read; `batch_token` is sent as `Authorization: Bearer` on /receipts/batch (enclaves started
         with --batch-token-sha256 serve batches only to its holder). `signer_recheck_s`: how often an idle
         enclave is asked for its key again (a restart behind the same URL brings a new one);
         `chain_recheck_s`: how often the RPC node's chain id is compared with `chain_id` again (nothing is
-        read or sent while they differ); `llm_timeout`: the total deadline of a text completion."""
+        read or sent while they differ); `llm_timeout`: the total deadline of a text completion; `lease_s`:
+        how long a claim on a request lasts without renewal (relay.workers)."""
         self.w3 = w3
         self.contract = contract
         self.account = account
         self.state = state
         self.policy = policy or FeePolicy()
         self.confirmations = max(0, confirmations)
+        self.worker = str(account.address)
+        state.txs.adopt(self.worker)  # rows of a database from before transactions had a sender
+        self.lease_s = lease_s
+        self.metrics = metrics or RelayMetrics(self.worker)
+        self.live_signers = LiveSigners(contract)
+        self.leadership = Leadership(state, self.worker)
+        self.heartbeat = Heartbeat(state, self.worker, lease_s)
+        self._fleet: set[str] = set()
+        self._was_leader = False
         self.txm = TxManager(
             w3,
             account,
-            state.txs,
+            state.txs.for_sender(self.worker),
             self.policy,
             chain_id=chain_id,
             confirmations=self.confirmations,
@@ -285,12 +309,97 @@ class Relay:
             return not self._anchored(tx.ref)
         return True
 
-    def _fulfilled_by_us(self, row: RequestRow) -> bool:
+    def _fulfiller(self, row: RequestRow) -> str | None:
         events = self.contract.events.InferenceFulfilled().get_logs(
             from_block=max(0, row.block_number - LOOKBACK),
-            argument_filters={"requestId": bytes.fromhex(row.id[2:]), "fulfiller": self.address},
+            argument_filters={"requestId": bytes.fromhex(row.id[2:])},
         )
-        return bool(events)
+        return str(events[-1]["args"]["fulfiller"]) if events else None
+
+    def _in_fleet(self, address: str) -> bool:
+        """This worker, or another that has sent transactions recorded in the shared database."""
+        if address == self.address:
+            return True
+        if address not in self._fleet:
+            self._fleet = self.state.txs.senders()
+        return address in self._fleet
+
+    # --- request status, as this worker may set it ---------------------------------------------------------
+
+    def _set(self, request_id: str, status: RequestStatus, detail: str | None = None) -> None:
+        """Set a request's status unless another worker has taken it over meanwhile."""
+        if not self.state.set_status_owned(request_id, self.worker, status, detail):
+            log.info("request %s: not marked %s: another worker holds it now", request_id, status)
+
+    def _retry(self, request_id: str, attempts: int, delay: float, detail: str) -> None:
+        self.state.retry_later_owned(request_id, self.worker, attempts, delay, detail)
+
+    def _claim(self, *, pending: bool, submitted: bool, limit: int) -> list[RequestRow]:
+        claims = self.state.claim(
+            self.worker,
+            now=time.time(),
+            lease_s=self.lease_s,
+            limit=limit,
+            pending=pending,
+            submitted=submitted,
+        )
+        for claim in claims:
+            if claim.fresh:
+                self.metrics.claims.inc()
+            if claim.taken_over:
+                self.metrics.takeovers.inc()
+                log.info(
+                    "request %s (%s): taken over from worker %s, whose lease ran out",
+                    claim.row.id,
+                    claim.row.status,
+                    claim.previous,
+                )
+        return [claim.row for claim in claims]
+
+    # --- another worker's transactions --------------------------------------------------------------------
+
+    def _mine(self, tx: TxRow) -> bool:
+        return tx.sender is None or tx.sender == self.address
+
+    def _watch(self, tx: TxRow) -> tuple[str, Any]:
+        """Another worker's live transaction, for a request (or batch) this worker has taken over: LIVE (it
+        may still be mined: re-broadcast as is, since anyone may send signed bytes), MINED (with its
+        receipt) or DEAD (never signed, or its nonce used by another transaction of that account: it can
+        never be mined). Only then may this worker send a transaction of its own for the same work."""
+        assert tx.sender is not None
+        if tx.status == TxStatus.QUEUED and self.state.txs.drop_if(
+            tx.id, (TxStatus.QUEUED,), f"never signed; taken over by {self.worker}"
+        ):
+            self.metrics.foreign_dead.inc()
+            log.info(
+                "tx %d of worker %s (%s %s) was never signed: dropped", tx.id, tx.sender, tx.kind, tx.ref
+            )
+            return DEAD, None
+        chain_nonce = int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(tx.sender), "latest"))
+        attempts = self.state.txs.attempts(tx.id)  # read after the nonce: any attempt mined before is here
+        for attempt in attempts:
+            receipt = self.txm._receipt(attempt.tx_hash)
+            if receipt is not None:
+                return MINED, receipt
+        if tx.nonce < chain_nonce:
+            self.state.txs.drop_if(
+                tx.id, LIVE_TX, f"its nonce was used by another transaction (seen by {self.worker})"
+            )
+            self.metrics.foreign_dead.inc()
+            log.info(
+                "tx %d of worker %s (%s %s) is dead: nonce %d used by another transaction",
+                tx.id,
+                tx.sender,
+                tx.kind,
+                tx.ref,
+                tx.nonce,
+            )
+            return DEAD, None
+        if attempts:
+            sent = self.txm._broadcast(attempts[0].raw)
+            if sent.outcome == "ok":
+                self.metrics.foreign_rebroadcasts.inc()
+        return LIVE, None
 
     # --- scanning -----------------------------------------------------------------------------------------
 
@@ -354,12 +463,30 @@ class Relay:
     # --- requests with a transaction ----------------------------------------------------------------------
 
     def check_submitted(self) -> None:
-        for row in self.state.submitted():
+        """The submitted requests this worker holds (claimed: its own, and those of workers whose lease ran
+        out): closed once their transaction is confirmed, put back in the queue if it came to nothing."""
+        for row in self._claim(pending=False, submitted=True, limit=CHECK_PER_STEP):
             tx = self.state.txs.latest_for(FULFIL, row.id)
             if tx is not None and tx.status in LIVE_TX:
+                if self._mine(tx):
+                    continue  # this worker's transaction manager carries it on
+                verdict, receipt = self._watch(tx)
+                if verdict == LIVE:
+                    continue
+                if verdict == MINED:
+                    if receipt["status"] == 1:
+                        if int(self.w3.eth.block_number) - int(receipt["blockNumber"]) >= self.confirmations:
+                            mined_in = "0x" + bytes(receipt["transactionHash"]).hex()
+                            detail = f"fulfilled by worker {tx.sender} in {mined_in}"
+                            self._set(row.id, RequestStatus.FULFILLED, detail)
+                            log.info("request %s %s", row.id, detail)
+                        continue
+                    self._settle_from_chain(row, self._request(row.id).status, reverted=True)
+                    continue
+                self._settle_from_chain(row, self._request(row.id).status)
                 continue
             if tx is not None and tx.status == TxStatus.CONFIRMED:
-                self.state.set_status(row.id, RequestStatus.FULFILLED, tx.confirmed_hash)
+                self._set(row.id, RequestStatus.FULFILLED, tx.confirmed_hash)
                 log.info("request %s fulfilled in %s", row.id, tx.confirmed_hash)
                 continue
             self._settle_from_chain(
@@ -369,37 +496,56 @@ class Relay:
     def _settle_from_chain(self, row: RequestRow, status: int, *, reverted: bool = False) -> None:
         """Close `row` from what the chain says, or put it back in the queue if it is still to be served."""
         if status == ChainStatus.FULFILLED:
-            if self._fulfilled_by_us(row):
-                self.state.set_status(row.id, RequestStatus.FULFILLED, "fulfilled by this relay")
+            fulfiller = self._fulfiller(row)
+            if fulfiller == self.address:
+                self._set(row.id, RequestStatus.FULFILLED, "fulfilled by this relay")
+            elif fulfiller is not None and self._in_fleet(fulfiller):
+                self._set(row.id, RequestStatus.FULFILLED, f"fulfilled by worker {fulfiller}")
             else:
-                self.state.set_status(row.id, RequestStatus.SETTLED, "fulfilled by another relay")
+                self._set(row.id, RequestStatus.SETTLED, "fulfilled by another relay")
         elif status == ChainStatus.CANCELLED:
-            self.state.set_status(row.id, RequestStatus.SETTLED, "cancelled")
+            self._set(row.id, RequestStatus.SETTLED, "cancelled")
         elif status == ChainStatus.NONE:
-            self.state.set_status(row.id, RequestStatus.DROPPED, "not on chain (reorged away)")
+            self._set(row.id, RequestStatus.DROPPED, "not on chain (reorged away)")
         elif reverted and row.attempts + 1 >= MAX_REVERTS:
-            self.state.set_status(row.id, RequestStatus.FAILED, f"fulfilment reverted {MAX_REVERTS} times")
+            self._set(row.id, RequestStatus.FAILED, f"fulfilment reverted {MAX_REVERTS} times")
         else:
             attempts = row.attempts + 1 if reverted else row.attempts
-            self.state.retry_later(row.id, attempts, 1.0 if reverted else 0.0, "resubmitting")
+            self._retry(row.id, attempts, 1.0 if reverted else 0.0, "resubmitting")
 
     # --- serving requests ---------------------------------------------------------------------------------
 
     def serve_due(self) -> None:
-        for row in self.state.due(time.time()):
-            tx = self.state.txs.latest_for(FULFIL, row.id)
-            if tx is not None and tx.status in (*LIVE_TX, TxStatus.CONFIRMED) and tx.guard == row.input_hash:
-                self.state.set_status(row.id, RequestStatus.SUBMITTED, "transaction on record")
-                continue  # recorded just before a crash: the transaction manager carries it on
-            try:
-                self._serve_if_wanted(row)
-            except PermanentFailure as exc:
-                log.warning("request %s cannot be served: %s", row.id, exc)
-                self.state.set_status(row.id, RequestStatus.FAILED, str(exc))
-            except (EnclaveUnavailable, GasPriceTooHigh, ChainError) as exc:
-                delay = min(30.0, 0.5 * 2 ** min(row.attempts, 6))
-                log.info("request %s: %s; retrying in %.1f s", row.id, exc, delay)
-                self.state.retry_later(row.id, row.attempts + 1, delay, str(exc))
+        """Claim due requests a few at a time (so that idle workers get the rest) and serve them."""
+        served = 0
+        while served < SERVE_PER_STEP:
+            rows = self._claim(pending=True, submitted=False, limit=CLAIM_BATCH)
+            if not rows:
+                return
+            for row in rows:
+                served += 1
+                self._serve_claimed(row)
+
+    def _serve_claimed(self, row: RequestRow) -> None:
+        tx = self.state.txs.latest_for(FULFIL, row.id)
+        if tx is not None and tx.status in (*LIVE_TX, TxStatus.CONFIRMED) and tx.guard == row.input_hash:
+            # recorded just before a crash (this worker's transaction manager carries it on), or another
+            # worker's that check_submitted watches until it is mined or dead
+            who = "" if self._mine(tx) else f" (worker {tx.sender}'s)"
+            self._set(row.id, RequestStatus.SUBMITTED, f"transaction on record{who}")
+            return
+        try:
+            self._serve_if_wanted(row)
+        except LostClaim as exc:
+            self.metrics.lost_claims.inc()
+            log.info("request %s: %s; sending nothing", row.id, exc)
+        except PermanentFailure as exc:
+            log.warning("request %s cannot be served: %s", row.id, exc)
+            self._set(row.id, RequestStatus.FAILED, str(exc))
+        except (EnclaveUnavailable, GasPriceTooHigh, ChainError) as exc:
+            delay = min(30.0, 0.5 * 2 ** min(row.attempts, 6))
+            log.info("request %s: %s; retrying in %.1f s", row.id, exc, delay)
+            self._retry(row.id, row.attempts + 1, delay, str(exc))
 
     def _serve_if_wanted(self, row: RequestRow) -> None:
         on_chain = self._request(row.id)
@@ -407,26 +553,24 @@ class Relay:
             self._settle_from_chain(row, on_chain.status)
             return
         if on_chain.deadline < self._now():
-            self.state.set_status(row.id, RequestStatus.EXPIRED, "deadline passed")
+            self._set(row.id, RequestStatus.EXPIRED, "deadline passed")
             return
         if hex32(on_chain.inputHash) != row.input_hash:
             refreshed = self._refresh(row, hex32(on_chain.inputHash))
             if refreshed is None:
-                self.state.retry_later(
-                    row.id, row.attempts, 1.0, "the chain's input is not in a scanned event yet"
-                )
+                self._retry(row.id, row.attempts, 1.0, "the chain's input is not in a scanned event yet")
                 return
             row = refreshed
         fee, callback_gas = int(on_chain.fee), int(on_chain.callbackGasLimit)
         reason = self.policy.refuse(fee=fee, callback_gas=callback_gas)
         if reason is not None:
             log.info("request %s skipped: %s", row.id, reason)
-            self.state.set_status(row.id, RequestStatus.SKIPPED, reason)
+            self._set(row.id, RequestStatus.SKIPPED, reason)
             return
         # Paying for itself at the minimum price is not enough: it must pay at today's price, or wait.
         price = self.txm.network_price()
         if wait := self.policy.unprofitable_at(price, fee=fee, callback_gas=callback_gas):
-            self.state.retry_later(row.id, row.attempts + 1, RETRY_UNPROFITABLE_S, wait)
+            self._retry(row.id, row.attempts + 1, RETRY_UNPROFITABLE_S, wait)
             return
         self._serve(row, Sealing.of(on_chain))
 
@@ -445,10 +589,10 @@ class Relay:
         return self.state.request(row.id)
 
     def _enclaves_in_turn(self) -> list[EnclaveClient]:
-        now = time.monotonic()
+        """The enclaves in round-robin order, without those whose circuit breaker is open."""
         ordered = self.enclaves[self._next_enclave :] + self.enclaves[: self._next_enclave]
         self._next_enclave = (self._next_enclave + 1) % len(self.enclaves)
-        return [e for e in ordered if e.down_until <= now]
+        return [e for e in ordered if e.breaker.state != OPEN]
 
     def _sealed_to(
         self, enclaves: list[EnclaveClient], address: str, problems: list[str]
@@ -478,12 +622,24 @@ class Relay:
         if sealing is not None:
             enclaves = self._sealed_to(enclaves, sealing.enclave, problems)
         for enclave in enclaves:
+            if not enclave.breaker.allow():
+                continue
             try:
                 signed, output = self._infer(enclave, row, sealing)
+            except PermanentFailure:
+                enclave.breaker.success()  # it answered: the input is at fault, not the enclave
+                raise
             except (OutboundError, KeyError, TypeError, ValueError, ReceiptError, EnclaveUnavailable) as exc:
-                enclave.down_until = time.monotonic() + 1.0
+                enclave.breaker.failure()
                 enclave.models.clear()
                 problems.append(f"{enclave.url}: {exc}")
+                continue
+            enclave.breaker.success()
+            signer = Web3.to_checksum_address(signed.enclave)
+            if (why := self.live_signers.why_not(signer)) is not None:
+                # Behind one address, any enclave may answer: only a registered, live one of an approved
+                # image is worth gas (the contract would revert with this very reason).
+                problems.append(f"{enclave.url}: its receipt's signer {signer} is not live on chain ({why})")
                 continue
             call = self.contract.functions.fulfill(
                 bytes.fromhex(row.id[2:]),
@@ -493,7 +649,16 @@ class Relay:
                 signed.signature,
             )
             try:
-                tx = self.txm.submit(FULFIL, row.id, row.input_hash, call, max_price=ceiling)
+                tx = self.txm.submit(
+                    FULFIL,
+                    row.id,
+                    row.input_hash,
+                    call,
+                    max_price=ceiling,
+                    check=lambda db: self.state.hold(
+                        db, row.id, self.worker, now=time.time(), lease_s=self.lease_s
+                    ),
+                )
             except ChainError as exc:
                 if exc.error in ("RequestNotPending", "RequestExpired"):
                     self._settle_from_chain(row, self._request(row.id).status)
@@ -502,7 +667,8 @@ class Relay:
                     raise
                 problems.append(f"{enclave.url}: {exc}")
                 continue
-            self.state.set_status(row.id, RequestStatus.SUBMITTED, f"tx {tx.id}")
+            self.metrics.submitted.inc()
+            self._set(row.id, RequestStatus.SUBMITTED, f"tx {tx.id}")
             log.info(
                 "request %s: submitted tx %d (nonce %d) with a receipt from %s",
                 row.id,
@@ -584,7 +750,15 @@ class Relay:
         for batch in self.state.submitted_batches():
             tx = self.state.txs.latest_for(ANCHOR, batch.root)
             if tx is not None and tx.status in LIVE_TX:
-                continue
+                if self._mine(tx):
+                    continue
+                verdict, receipt = self._watch(tx)  # sent by a leader before this one
+                if verdict == LIVE or (verdict == MINED and receipt["status"] == 1):
+                    if verdict == MINED and self._anchored(batch.root):
+                        self.state.set_batch_status(
+                            batch.root, BatchStatus.ANCHORED, f"by worker {tx.sender}"
+                        )
+                    continue
             if tx is not None and tx.status == TxStatus.CONFIRMED:
                 self.state.set_batch_status(batch.root, BatchStatus.ANCHORED, tx.confirmed_hash)
                 continue
@@ -670,7 +844,11 @@ class Relay:
         # The batch and the cursor past it are recorded before the transaction exists: a crash in between
         # leaves a recorded batch without a transaction, which check_batches sends. (Recorded after, a crash
         # would leave the cursor behind, and the next, larger batch would anchor the same receipts again.)
+        # The cursor must still be where it was read: a leader before this one may have moved it since.
         with self.state.transaction() as db:
+            if self.state.cursor(signer) != cursor:
+                log.info("enclave %s: the batch cursor moved meanwhile; reading again", enclave.url)
+                return
             self.state.record_batch(
                 db,
                 root=root,
@@ -719,16 +897,44 @@ class Relay:
             check_chain_id(self.w3, self.chain_id)
             self._chain_checked = now
 
+    def _lead(self) -> bool:
+        leader = self.leadership.check()
+        self.metrics.leader.set(1 if leader else 0)
+        if leader and not self._was_leader:
+            self.metrics.leaderships.inc()
+        self._was_leader = leader
+        return leader
+
+    def _measure_lag(self) -> None:
+        head = int(self.w3.eth.block_number)
+        self.metrics.lag.set(max(0, head - self.state.scanned_block(self.start_block - 1)))
+
     def step(self) -> None:
+        """One round: the leader scans (and handles reorgs) and anchors batches; every worker moves its own
+        transactions along and serves and checks the requests it claims."""
         self._check_chain()
-        self.scan()
+        leader = self._lead()
+        if leader:
+            self.scan()
         self.txm.tick()
         self.check_submitted()
-        self.check_batches()
+        if leader:
+            self.check_batches()
         self.serve_due()
-        self.anchor_batches()
+        if leader and self.leadership.check():  # still: anchoring must not run on two workers at once
+            self.anchor_batches()
+        self._measure_lag()
 
     def run(self, poll_interval: float = 1.0, stop_after: float | None = None) -> None:
+        self.heartbeat.start()
+        try:
+            self._run(poll_interval, stop_after)
+        finally:
+            self.heartbeat.stop()
+            self.leadership.close()
+            self.metrics.leader.set(0)
+
+    def _run(self, poll_interval: float, stop_after: float | None) -> None:
         started = time.monotonic()
         failures = 0
         while stop_after is None or time.monotonic() - started < stop_after:

@@ -162,12 +162,36 @@ _POSTGRESQL_V2 = (
     "CREATE INDEX attempts_tx ON attempts (tx_id, signed_at)",
 )
 
+# Version 3: many relay workers on one database (relay.workers). A request is claimed by one worker at a time
+# (`claimed_by`, its relay address) until `lease_until` (a time): the worker renews the lease while it works
+# on it, and another takes it over once it has expired. A transaction records the account that signed it
+# (`sender`): each worker's transaction manager handles the nonces of its own account only. Rows from before
+# have no sender; the first relay to open the database adopts them (one relay, one key, wrote them).
+_SQLITE_V3 = (
+    "ALTER TABLE requests ADD COLUMN claimed_by TEXT",
+    "ALTER TABLE requests ADD COLUMN lease_until REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE transactions ADD COLUMN sender TEXT",
+    "CREATE INDEX IF NOT EXISTS transactions_sender ON transactions (sender, status, nonce)",
+)
+_POSTGRESQL_V3 = (
+    "ALTER TABLE requests ADD COLUMN claimed_by TEXT",
+    "ALTER TABLE requests ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0",
+    "ALTER TABLE transactions ADD COLUMN sender TEXT",
+    "CREATE INDEX transactions_sender ON transactions (sender, status, nonce)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
         "relay state: meta, requests, checkpoints, batches, transactions, attempts",
         _SQLITE_V2,
         _POSTGRESQL_V2,
+    ),
+    Migration(
+        3,
+        "relay workers: request claims with leases, the sender of each transaction",
+        _SQLITE_V3,
+        _POSTGRESQL_V3,
     ),
 )
 # The oldest schema a database may have and still be opened: older SQLite files cannot be upgraded.
@@ -194,6 +218,19 @@ POSTGRESQL_HAS_MIGRATIONS = "SELECT to_regclass('schema_migrations') IS NOT NULL
 # BEGIN IMMEDIATE does. The keys are "vrfinfer" and "vrfwrite" read as big-endian 64-bit integers.
 POSTGRESQL_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(8534996846830314866)"
 POSTGRESQL_WRITE_LOCK = "SELECT pg_advisory_xact_lock(8534996907027166309)"
+# The fleet's leader holds this session-level advisory lock ("vrflead!") on a connection of its own while it
+# lives; the server releases it when that connection closes (the worker exited, was killed, lost the network).
+LEADER_LOCK_KEY = 8534996856917811489
+POSTGRESQL_TRY_LEADER = "SELECT pg_try_advisory_lock(%s)"
+POSTGRESQL_ALIVE = "SELECT 1"
+# On the leader's connection, the server probes the leader's socket when it has been silent for 10 s and drops
+# it after 3 unanswered probes 5 s apart: a leader whose host vanished (power, network) frees the lock in
+# about 25 s, not after the operating system's default of two hours.
+POSTGRESQL_LEADER_KEEPALIVES = (
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+)
 
 # --- the relay's statements ---------------------------------------------------------------------------------
 
@@ -203,7 +240,11 @@ _REQUEST = (
 )
 _TX = (
     "SELECT id, kind, ref, guard, nonce, status, to_address, data, value, gas, confirmed_block, "
-    "confirmed_hash, detail, created, max_price FROM transactions"
+    "confirmed_hash, detail, created, max_price, sender FROM transactions"
+)
+_CLAIMABLE = (
+    "SELECT id, block_number, model_hash, input, input_hash, deadline, callback_gas, fee, status, attempts, "
+    "detail, claimed_by, lease_until FROM requests"
 )
 # A request's status after it is closed (neither pending nor submitted): relay.state checks the list.
 CLOSED_MARKS = "?, ?, ?, ?, ?, ?"
@@ -236,6 +277,14 @@ class Queries:
     request_statuses: str
     request_set_status: str
     request_retry_later: str
+    # claims (relay.workers): a worker's requests, leased
+    requests_claimable: str
+    request_claim: str
+    request_hold: str
+    requests_renew: str
+    requests_release: str
+    request_set_status_owned: str
+    request_retry_later_owned: str
     # batches
     batch_insert: str
     batches_with_status: str
@@ -247,6 +296,12 @@ class Queries:
     txs_live: str
     tx_latest_for: str
     tx_held_nonces: str
+    txs_live_of: str
+    tx_held_nonces_of: str
+    txs_adopt: str
+    tx_senders: str
+    tx_status: str
+    tx_drop_if: str
     txs_mined_after: str
     tx_mark_signed: str
     tx_mark_broadcast: str
@@ -309,9 +364,31 @@ SQLITE_QUERIES = Queries(
     ),
     batch_set_status="UPDATE batches SET status = ?, detail = ?, updated = ? WHERE root = ?",
     batch_reopen="UPDATE batches SET status = ? WHERE root = ?",
+    # A pending request due now, or a submitted one, that nobody holds: never claimed, claimed by this
+    # worker, or whose lease has run out (PostgreSQL adds FOR UPDATE SKIP LOCKED: rows another worker is
+    # claiming at this instant are passed over, not waited for).
+    requests_claimable=(
+        f"{_CLAIMABLE} WHERE ((status = ? AND next_attempt <= ?) OR status = ?) "
+        "AND (claimed_by IS NULL OR claimed_by = ? OR lease_until < ?) ORDER BY block_number, id LIMIT ?"
+    ),
+    request_claim="UPDATE requests SET claimed_by = ?, lease_until = ? WHERE id = ?",
+    # Still ours: the lease renewed (0 rows: another worker has taken the request over).
+    request_hold="UPDATE requests SET lease_until = ? WHERE id = ? AND claimed_by = ?",
+    requests_renew="UPDATE requests SET lease_until = ? WHERE claimed_by = ? AND status IN (?, ?)",
+    requests_release=(
+        "UPDATE requests SET claimed_by = NULL, lease_until = 0 WHERE claimed_by = ? AND status IN (?, ?)"
+    ),
+    request_set_status_owned=(
+        "UPDATE requests SET status = ?, detail = ?, updated = ? "
+        "WHERE id = ? AND (claimed_by IS NULL OR claimed_by = ?)"
+    ),
+    request_retry_later_owned=(
+        "UPDATE requests SET status = ?, attempts = ?, next_attempt = ?, detail = ?, updated = ? "
+        "WHERE id = ? AND (claimed_by IS NULL OR claimed_by = ?)"
+    ),
     tx_insert=(
         "INSERT INTO transactions (kind, ref, guard, nonce, status, to_address, data, value, gas, max_price, "
-        "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "created, updated, sender) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     tx=f"{_TX} WHERE id = ?",
     txs_live=f"{_TX} WHERE status IN (?, ?, ?) ORDER BY nonce, id",
@@ -320,6 +397,15 @@ SQLITE_QUERIES = Queries(
         "(SELECT MAX(id) FROM transactions WHERE kind = ? AND ref = ?)"
     ),
     tx_held_nonces="SELECT nonce FROM transactions WHERE status IN (?, ?, ?)",
+    txs_live_of=f"{_TX} WHERE sender = ? AND status IN (?, ?, ?) ORDER BY nonce, id",
+    tx_held_nonces_of="SELECT nonce FROM transactions WHERE sender = ? AND status IN (?, ?, ?)",
+    txs_adopt="UPDATE transactions SET sender = ? WHERE sender IS NULL",
+    tx_senders="SELECT DISTINCT sender FROM transactions WHERE sender IS NOT NULL",
+    tx_status="SELECT status FROM transactions WHERE id = ?",
+    # Another worker's transaction found dead (or never signed) by the worker that took its request over.
+    tx_drop_if=(
+        "UPDATE transactions SET status = ?, detail = ?, updated = ? WHERE id = ? AND status IN (?, ?, ?)"
+    ),
     txs_mined_after=f"{_TX} WHERE status IN (?, ?) AND confirmed_block > ? ORDER BY nonce, id",
     tx_mark_signed="UPDATE transactions SET status = ?, updated = ? WHERE id = ? AND status = ?",
     tx_mark_broadcast="UPDATE transactions SET status = ?, updated = ? WHERE id = ? AND status IN (?, ?)",
@@ -360,6 +446,7 @@ POSTGRESQL_QUERIES = dataclasses.replace(
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (root) DO NOTHING"
     ),
     tx_insert=_postgresql(SQLITE_QUERIES.tx_insert) + " RETURNING id",
+    requests_claimable=_postgresql(SQLITE_QUERIES.requests_claimable) + " FOR UPDATE SKIP LOCKED",
     attempt_insert=(
         "INSERT INTO attempts (tx_hash, tx_id, gas_price, raw, signed_at) VALUES (%s, %s, %s, %s, %s) "
         "ON CONFLICT (tx_hash) DO NOTHING"

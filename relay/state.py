@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 
 from . import sql
-from .errors import StateError
+from .errors import LostClaim, StateError
 from .storage import SCHEMA_VERSION, Backend, DbUrl, Transaction, open_backend, resolve_db
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Attempt",
     "BatchRow",
     "BatchStatus",
+    "Claim",
     "RelayState",
     "RequestEvent",
     "RequestRow",
@@ -137,6 +138,20 @@ class TxRow:
     detail: str | None
     created: float
     max_price: int | None  # the highest gas price this one may be signed at (None: the policy's cap)
+    sender: str | None = None  # the account that signs it (None: a row from before schema 3, not adopted)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A request a worker has just claimed, and who held it before (None: nobody, or this worker)."""
+
+    row: RequestRow
+    previous: str | None
+    fresh: bool = True  # not this worker's before (a new claim, not a renewal)
+
+    @property
+    def taken_over(self) -> bool:
+        return self.previous is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +348,77 @@ class RelayState:
             (RequestStatus.PENDING, attempts, time.time() + delay, detail, time.time(), request_id),
         )
 
+    # --- claims (relay.workers) ---------------------------------------------------------------------------
+
+    def claim(
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_s: float,
+        limit: int,
+        pending: bool = True,
+        submitted: bool = True,
+    ) -> list[Claim]:
+        """Claim (or keep) up to `limit` requests for `worker` until now + lease_s: pending ones that are due,
+        submitted ones, that no other worker holds under an unexpired lease. On PostgreSQL the rows are
+        locked with FOR UPDATE SKIP LOCKED in a transaction without the write lock, so workers claiming at
+        once take different requests and never wait for each other."""
+        wanted_pending = RequestStatus.PENDING if pending else "-"
+        wanted_submitted = RequestStatus.SUBMITTED if submitted else "-"
+        claims = []
+        with self.backend.transaction(exclusive=False) as db:
+            rows = db.fetchall(
+                self.q.requests_claimable, (wanted_pending, now, wanted_submitted, worker, now, limit)
+            )
+            for r in rows:
+                db.execute(self.q.request_claim, (worker, now + lease_s, r[0]))
+                row = RequestRow(
+                    r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), RequestStatus(r[8]), r[9], r[10]
+                )
+                previous = r[11] if r[11] is not None and r[11] != worker else None
+                claims.append(Claim(row, previous, r[11] != worker))
+        return claims
+
+    def hold(self, db: Transaction, request_id: str, worker: str, *, now: float, lease_s: float) -> bool:
+        """Inside `db`: whether `worker` still holds `request_id` (its lease renewed if so). Checked in the
+        transaction that records a fulfilment, so that a worker that was taken over never sends one. A lease
+        that ran out with nobody taking the request over is still this worker's: a take-over changes
+        `claimed_by`, under the row's lock, so while it is `worker` nobody else has claimed the request."""
+        return db.execute(self.q.request_hold, (now + lease_s, request_id, worker)) == 1
+
+    def renew(self, worker: str, *, now: float, lease_s: float) -> int:
+        """Extend every lease `worker` holds on a pending or submitted request; how many."""
+        return self.backend.execute(
+            self.q.requests_renew, (now + lease_s, worker, RequestStatus.PENDING, RequestStatus.SUBMITTED)
+        )
+
+    def release(self, worker: str) -> int:
+        """Give up `worker`'s claims (a clean shutdown): others may take them at once."""
+        return self.backend.execute(
+            self.q.requests_release, (worker, RequestStatus.PENDING, RequestStatus.SUBMITTED)
+        )
+
+    def set_status_owned(
+        self, request_id: str, worker: str, status: RequestStatus, detail: str | None = None
+    ) -> bool:
+        """set_status, unless another worker holds the request now (False then)."""
+        return (
+            self.backend.execute(
+                self.q.request_set_status_owned, (status, detail, time.time(), request_id, worker)
+            )
+            == 1
+        )
+
+    def retry_later_owned(
+        self, request_id: str, worker: str, attempts: int, delay: float, detail: str
+    ) -> None:
+        """retry_later, unless another worker holds the request now."""
+        self.backend.execute(
+            self.q.request_retry_later_owned,
+            (RequestStatus.PENDING, attempts, time.time() + delay, detail, time.time(), request_id, worker),
+        )
+
     # --- batches and cursors -----------------------------------------------------------------------------
 
     def cursor(self, enclave: str) -> int:
@@ -371,11 +457,39 @@ class RelayState:
 
 
 class TxStore:
-    """Every transaction the relay sends and every signed attempt of it (one nonce, rising gas prices)."""
+    """Every transaction the relay sends and every signed attempt of it (one nonce, rising gas prices).
 
-    def __init__(self, backend: Backend) -> None:
+    `sender` None: every row (one relay, one key); bound to a sender (`for_sender`), `live` and
+    `held_nonces` are that account's only and `create` records it: a worker's transaction manager handles
+    its own nonces, whoever else shares the database."""
+
+    def __init__(self, backend: Backend, sender: str | None = None) -> None:
         self.backend = backend
         self.q = backend.queries
+        self.sender = sender
+
+    def for_sender(self, sender: str) -> TxStore:
+        return TxStore(self.backend, sender)
+
+    def adopt(self, sender: str) -> int:
+        """Rows recorded before transactions had a sender are `sender`'s (the one relay that wrote them)."""
+        return self.backend.execute(self.q.txs_adopt, (sender,))
+
+    def senders(self) -> set[str]:
+        """Every account that has sent a transaction recorded here (the fleet's workers)."""
+        return {str(s) for (s,) in self.backend.fetchall(self.q.tx_senders)}
+
+    def status(self, tx_id: int) -> TxStatus | None:
+        row = self.backend.fetchone(self.q.tx_status, (tx_id,))
+        return TxStatus(row[0]) if row else None
+
+    def drop_if(self, tx_id: int, statuses: tuple[TxStatus, ...], detail: str) -> bool:
+        """Mark another worker's transaction dropped if it is still in one of `statuses`; whether it was."""
+        marks = (*statuses, *(statuses[-1:] * (3 - len(statuses))))
+        return (
+            self.backend.execute(self.q.tx_drop_if, (TxStatus.DROPPED, detail, time.time(), tx_id, *marks))
+            == 1
+        )
 
     def _rows(self, statement: str, params: tuple[object, ...]) -> list[TxRow]:
         return [
@@ -395,6 +509,7 @@ class TxStore:
                 r[12],
                 r[13],
                 r[14],
+                r[15],
             )
             for r in self.backend.fetchall(statement, params)
         ]
@@ -411,26 +526,32 @@ class TxStore:
         value: int,
         gas: int,
         max_price: int | None = None,
+        check: Callable[[Transaction], bool] | None = None,
     ) -> TxRow:
-        """A queued transaction holding `nonce` (committed: the nonce is taken before anything is signed)."""
+        """A queued transaction holding `nonce` (committed: the nonce is taken before anything is signed).
+        `check(db)`, run first in the same transaction, may refuse it: LostClaim, and nothing is recorded."""
         now = time.time()
-        tx_id = self.backend.insert(
-            self.q.tx_insert,
-            (
-                kind,
-                ref,
-                guard,
-                nonce,
-                TxStatus.QUEUED,
-                to_address,
-                data,
-                str(value),
-                gas,
-                max_price,
-                now,
-                now,
-            ),
-        )
+        with self.backend.transaction() as db:
+            if check is not None and not check(db):
+                raise LostClaim(f"{kind} {ref}: another worker holds it now")
+            tx_id = db.insert(
+                self.q.tx_insert,
+                (
+                    kind,
+                    ref,
+                    guard,
+                    nonce,
+                    TxStatus.QUEUED,
+                    to_address,
+                    data,
+                    str(value),
+                    gas,
+                    max_price,
+                    now,
+                    now,
+                    self.sender,
+                ),
+            )
         row = self.get(tx_id)
         assert row is not None
         return row
@@ -440,6 +561,8 @@ class TxStore:
         return rows[0] if rows else None
 
     def live(self) -> list[TxRow]:
+        if self.sender is not None:
+            return self._rows(self.q.txs_live_of, (self.sender, *LIVE_TX))
         return self._rows(self.q.txs_live, LIVE_TX)
 
     def latest_for(self, kind: str, ref: str) -> TxRow | None:
@@ -448,7 +571,11 @@ class TxStore:
         return rows[0] if rows else None
 
     def held_nonces(self) -> set[int]:
-        return {int(n) for (n,) in self.backend.fetchall(self.q.tx_held_nonces, LIVE_TX)}
+        if self.sender is not None:
+            rows = self.backend.fetchall(self.q.tx_held_nonces_of, (self.sender, *LIVE_TX))
+        else:
+            rows = self.backend.fetchall(self.q.tx_held_nonces, LIVE_TX)
+        return {int(n) for (n,) in rows}
 
     def add_attempt(self, tx_id: int, tx_hash: str, raw: bytes, gas_price: int) -> None:
         """Persist a signed attempt before it is broadcast; the transaction is then `signed` (or stays

@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,17 +195,30 @@ class Backend(ABC):
         self.location = url.location
         self.queries = sql.QUERIES[url.dialect]
         self._local = threading.local()
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run `closer` when this backend is closed (a connection of its own kept beside the pool, such as
+        relay.workers's leader connection: closing the state gives the leadership up)."""
+        self._closers.append(closer)
+
+    def _run_closers(self) -> None:
+        for closer in self._closers:
+            closer()
+        self._closers.clear()
 
     # --- statements and transactions
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """One committed transaction, rolled back on any exception; opened inside another, it joins it."""
+    def transaction(self, *, exclusive: bool = True) -> Iterator[Transaction]:
+        """One committed transaction, rolled back on any exception; opened inside another, it joins it.
+        `exclusive=False` (PostgreSQL): without the write lock, for statements that lock the rows they take
+        (SELECT ... FOR UPDATE SKIP LOCKED), so that workers claiming work do not wait for each other."""
         current = self._current()
         if current is not None:
             yield current
             return
-        with self._begin() as tx:
+        with self._begin(exclusive) as tx:
             self._local.tx = tx
             try:
                 yield tx
@@ -242,8 +255,9 @@ class Backend(ABC):
             return tx.insert(statement, params)
 
     @abstractmethod
-    def _begin(self) -> AbstractContextManager[Transaction]:
-        """A write transaction (exclusive, as SQLite's BEGIN IMMEDIATE)."""
+    def _begin(self, exclusive: bool = True) -> AbstractContextManager[Transaction]:
+        """A write transaction (exclusive, as SQLite's BEGIN IMMEDIATE, unless `exclusive` is False on a
+        backend whose row locks suffice)."""
 
     @abstractmethod
     def _autocommit(self) -> AbstractContextManager[Transaction]:
@@ -321,8 +335,8 @@ class SqliteBackend(Backend):
         self._tx = _SqliteTransaction(self.db)
 
     @contextmanager
-    def _begin(self) -> Iterator[Transaction]:
-        self.db.execute("BEGIN IMMEDIATE")
+    def _begin(self, exclusive: bool = True) -> Iterator[Transaction]:
+        self.db.execute("BEGIN IMMEDIATE")  # one writer at a time in any case
         try:
             yield self._tx
         except BaseException:
@@ -338,6 +352,7 @@ class SqliteBackend(Backend):
         return self._begin()
 
     def close(self) -> None:
+        self._run_closers()
         self.db.close()
 
     def _version(self, tx: Transaction) -> tuple[int, str]:

@@ -135,25 +135,27 @@ class PostgresBackend(Backend):
             raise StateError(f"the relay database {self.location} is unavailable: {said}") from exc
 
     @contextmanager
-    def _connection(self, lock: str | None) -> Iterator[Transaction]:
+    def _connection(self, lock: str | None, *, begin: bool = True) -> Iterator[Transaction]:
         with self._errors(), self._pool.connection() as conn:
-            if lock is None:
+            if not begin:
                 yield _PostgresTransaction(conn)
                 return
             with conn.transaction():
-                conn.execute(lock)
+                if lock is not None:
+                    conn.execute(lock)
                 yield _PostgresTransaction(conn)
 
-    def _begin(self) -> AbstractContextManager[Transaction]:
-        return self._connection(sql.POSTGRESQL_WRITE_LOCK)
+    def _begin(self, exclusive: bool = True) -> AbstractContextManager[Transaction]:
+        return self._connection(sql.POSTGRESQL_WRITE_LOCK if exclusive else None)
 
     def _autocommit(self) -> AbstractContextManager[Transaction]:
-        return self._connection(None)
+        return self._connection(None, begin=False)
 
     def _migrating(self) -> AbstractContextManager[Transaction]:
         return self._connection(sql.POSTGRESQL_MIGRATION_LOCK)
 
     def close(self) -> None:
+        self._run_closers()
         self._pool.close()
 
     def _version(self, tx: Transaction) -> tuple[int, str]:

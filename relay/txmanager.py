@@ -35,7 +35,7 @@ from web3.types import TxParams, Wei
 from .chain import custom_error
 from .errors import ChainError, ChainIdMismatch, GasPriceTooHigh
 from .policy import FeePolicy
-from .state import Attempt, Transaction, TxRow, TxStatus, TxStore
+from .state import LIVE_TX, Attempt, Transaction, TxRow, TxStatus, TxStore
 
 log = logging.getLogger("verinfer.relay.tx")
 SELF_TRANSFER_GAS = 21_000
@@ -123,11 +123,19 @@ class TxManager:
     # --- submitting -------------------------------------------------------------------------------------
 
     def submit(
-        self, kind: str, ref: str, guard: str, call: ContractFunction, *, max_price: int | None = None
+        self,
+        kind: str,
+        ref: str,
+        guard: str,
+        call: ContractFunction,
+        *,
+        max_price: int | None = None,
+        check: Callable[[Transaction], bool] | None = None,
     ) -> TxRow:
         """Estimate (which surfaces reverts as ChainError with the custom error), take a nonce, sign, record,
         then broadcast. The caller has checked that the work is needed. `max_price`: this transaction's own
-        gas price ceiling below the policy's cap, kept for every re-pricing."""
+        gas price ceiling below the policy's cap, kept for every re-pricing. `check(db)` runs in the
+        transaction that records it (a worker's claim on the request: LostClaim if it has lost it)."""
         try:
             estimate = int(call.estimate_gas(TxParams({"from": self.account.address})))
         except (ContractCustomError, ContractLogicError) as exc:
@@ -154,6 +162,7 @@ class TxManager:
             value=int(tx.get("value", 0)),
             gas=int(tx["gas"]),
             max_price=max_price,
+            check=check,
         )
         attempt = self._sign(row, price)
         self._send(row, attempt)
@@ -195,6 +204,12 @@ class TxManager:
         return Sent("ok")
 
     def _send(self, row: TxRow, attempt: Attempt) -> Sent:
+        if row.status == TxStatus.QUEUED and self.store.status(row.id) not in LIVE_TX:
+            # Signed after another worker, which took the request over, found it unsigned and dropped it.
+            log.info(
+                "tx %d (%s %s) not sent: dropped by the worker that took it over", row.id, row.kind, row.ref
+            )
+            return Sent("error", "dropped by another worker")
         sent = self._broadcast(attempt.raw)
         if sent.outcome == "ok":
             self.store.mark_broadcast(row.id, attempt.tx_hash)

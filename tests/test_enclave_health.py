@@ -44,6 +44,17 @@ def test_breaker_opens_after_consecutive_failures_and_backs_off() -> None:
     assert breaker.state == CLOSED and breaker.allow()
 
 
+def test_a_trial_that_never_reports_back_does_not_keep_the_breaker_open() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown_s=1.0, clock=clock)
+    breaker.failure()
+    clock.now += 1.0
+    assert breaker.allow()  # the trial goes out, and its caller never says how it went
+    assert not breaker.allow()
+    clock.now += 1.0
+    assert breaker.allow()  # another trial, not a breaker stuck open
+
+
 def test_live_signers_asks_the_contract_and_caches(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     live = LiveSigners(chain.contract, ttl_s=30.0, clock=clock)

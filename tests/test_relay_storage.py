@@ -155,21 +155,22 @@ def test_the_environment_names_the_database_when_db_is_not_given(
 
 def test_an_empty_database_is_migrated_when_opened(relay_db: RelayDb) -> None:
     before = inspect(relay_db.url)
-    assert (before.version, [m.version for m in before.pending]) == (0, [2])
+    assert (before.version, [m.version for m in before.pending]) == (0, [2, 3])
     assert before.exists == (relay_db.backend == "postgresql")  # a SQLite file is not created by a look
     with open_state(relay_db.url):
         pass
     after = inspect(relay_db.url)
-    assert (after.version, after.pending, after.code_version) == (2, (), storage.SCHEMA_VERSION)
-    [(version, description, applied)] = rows(
-        relay_db, "SELECT version, description, applied FROM schema_migrations"
+    assert (after.version, after.pending, after.code_version) == (3, (), storage.SCHEMA_VERSION)
+    [(version, description, applied), (version3, description3, _)] = rows(
+        relay_db, "SELECT version, description, applied FROM schema_migrations ORDER BY version"
     )
     assert version == 2 and "requests" in description and applied > 0
+    assert version3 == 3 and "claims" in description3
     with open_state(relay_db.url):  # opening again applies nothing more
         pass
-    assert len(rows(relay_db, "SELECT version FROM schema_migrations")) == 1
+    assert len(rows(relay_db, "SELECT version FROM schema_migrations")) == 2
     if relay_db.backend == "sqlite":
-        assert rows(relay_db, "PRAGMA user_version") == [(2,)]
+        assert rows(relay_db, "PRAGMA user_version") == [(3,)]
 
 
 def old_relay_file(path: Path, user_version: int = 2) -> None:
@@ -203,7 +204,7 @@ def test_a_schema_version_2_sqlite_file_is_adopted_with_its_data(tmp_path: Path)
     with closing(sqlite3.connect(path)) as conn:
         ddl_before = sorted(conn.execute("SELECT name, sql FROM sqlite_master").fetchall())
     status = inspect(path)
-    assert (status.version, status.pending) == (2, ()) and "user_version" in status.note
+    assert (status.version, [m.version for m in status.pending]) == (2, [3]) and "user_version" in status.note
     with open_state(path) as state:
         assert state.get_meta("chain") == "31337:0x01:0xc0" and state.scanned_block(-1) == 41
         row = state.request("0x01")
@@ -218,11 +219,17 @@ def test_a_schema_version_2_sqlite_file_is_adopted_with_its_data(tmp_path: Path)
         assert created.id == 2
     with closing(sqlite3.connect(path)) as conn:
         ddl_after = sorted(conn.execute("SELECT name, sql FROM sqlite_master").fetchall())
-        [(version, description)] = conn.execute("SELECT version, description FROM schema_migrations")
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
-    assert (version, description.endswith("(adopted)")) == (2, True)
-    # The relay's own tables are as they were; schema_migrations is the one addition.
-    assert [item for item in ddl_after if item[0] != "schema_migrations"] == ddl_before
+        [(version, description), (version3, _)] = conn.execute(
+            "SELECT version, description FROM schema_migrations ORDER BY version"
+        )
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert (version, description.endswith("(adopted)"), version3) == (2, True, 3)
+    # The relay's own tables are as they were but for migration 3's columns and index; schema_migrations is
+    # the one table added.
+    changed = {"requests", "transactions", "transactions_sender", "schema_migrations"}
+    assert [item for item in ddl_after if item[0] not in changed] == [
+        item for item in ddl_before if item[0] not in changed
+    ]
     assert inspect(path).note == ""
 
 
@@ -231,7 +238,7 @@ def test_a_state_file_of_an_older_relay_is_refused(tmp_path: Path, user_version:
     path = tmp_path / "v1.sqlite3"
     old_relay_file(path, user_version)
     for attempt in (lambda: open_state(path), lambda: inspect(path)):
-        with pytest.raises(StateError, match=f"older relay \\(schema {user_version}, this relay needs 2\\)"):
+        with pytest.raises(StateError, match=f"older relay \\(schema {user_version}, this relay needs 3\\)"):
             attempt()
 
 
@@ -250,7 +257,7 @@ def test_a_schema_newer_than_the_code_is_refused(
     relay_db: RelayDb, capsys: pytest.CaptureFixture[str]
 ) -> None:
     newer_schema(relay_db)
-    says = f"{relay_db.url} has schema version 99, newer than this relay knows (version 2)"
+    says = f"{relay_db.url} has schema version 99, newer than this relay knows (version 3)"
     with pytest.raises(StateError, match="newer than this relay") as info:
         open_state(relay_db.url)
     assert says in str(info.value)
@@ -265,13 +272,13 @@ def test_a_schema_newer_than_the_code_is_refused(
 
 def test_a_newer_sqlite_file_without_its_migrations_table_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.sqlite3"
-    old_relay_file(path, user_version=3)
-    with pytest.raises(StateError, match="schema version 3, newer than this relay knows"):
+    old_relay_file(path, user_version=4)
+    with pytest.raises(StateError, match="schema version 4, newer than this relay knows"):
         open_state(path)
 
 
 PROBE = sql.Migration(
-    3, "test: a probe table", ("CREATE TABLE probe (x INTEGER)",), ("CREATE TABLE probe (x BIGINT)",)
+    4, "test: a probe table", ("CREATE TABLE probe (x INTEGER)",), ("CREATE TABLE probe (x BIGINT)",)
 )
 
 
@@ -281,22 +288,22 @@ def test_pending_migrations_are_listed_then_applied(
     with open_state(relay_db.url):
         pass
     monkeypatch.setattr(sql, "MIGRATIONS", (*sql.MIGRATIONS, PROBE))  # a relay one version ahead
-    monkeypatch.setattr(storage, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(storage, "SCHEMA_VERSION", 4)
     code, out, _ = run_cli(capsys, "relay", "db", "status", "--db", relay_db.url)
     assert code == 0
     assert f"backend: {relay_db.backend}\n" in out and f"location: {relay_db.url}\n" in out
-    assert "schema version: 2 in the database, 3 in this relay\n" in out
-    assert "pending migrations: 1 " in out and "  3: test: a probe table\n" in out
+    assert "schema version: 3 in the database, 4 in this relay\n" in out
+    assert "pending migrations: 1 " in out and "  4: test: a probe table\n" in out
     code, out, _ = run_cli(capsys, "relay", "db", "migrate", "--db", relay_db.url)
-    assert code == 0 and out.startswith("applied migration 3: test: a probe table\n")
-    assert "schema version: 3 in the database, 3 in this relay\npending migrations: none\n" in out
+    assert code == 0 and out.startswith("applied migration 4: test: a probe table\n")
+    assert "schema version: 4 in the database, 4 in this relay\npending migrations: none\n" in out
     assert rows(relay_db, "SELECT COUNT(*) FROM probe") == [(0,)]
     code, out, _ = run_cli(capsys, "relay", "db", "migrate", "--db", relay_db.url)
     assert code == 0 and out.startswith("nothing to migrate\n")
     if relay_db.backend == "sqlite":
-        assert rows(relay_db, "PRAGMA user_version") == [(3,)]
+        assert rows(relay_db, "PRAGMA user_version") == [(4,)]
     monkeypatch.undo()  # back to this code: the database is now ahead of it
-    with pytest.raises(StateError, match="schema version 3, newer"):
+    with pytest.raises(StateError, match="schema version 4, newer"):
         open_state(relay_db.url)
 
 
@@ -318,7 +325,7 @@ def test_workers_starting_at_once_migrate_once(relay_db: RelayDb) -> None:
     for worker in workers:
         worker.join()
     assert errors == []
-    assert rows(relay_db, "SELECT version FROM schema_migrations") == [(2,)]
+    assert rows(relay_db, "SELECT version FROM schema_migrations ORDER BY version") == [(2,), (3,)]
 
 
 # --- the state on either backend --------------------------------------------------------------------------
@@ -434,17 +441,19 @@ def test_db_status_and_migrate_never_print_a_password(
     printed.append(out + err)
     assert out == (
         f"backend: postgresql\nlocation: {shown}\n"
-        "schema version: 0 in the database, 2 in this relay\n"
-        "pending migrations: 1 (applied by `verinfer relay db migrate` or at start)\n"
+        "schema version: 0 in the database, 3 in this relay\n"
+        "pending migrations: 2 (applied by `verinfer relay db migrate` or at start)\n"
         "  2: relay state: meta, requests, checkpoints, batches, transactions, attempts\n"
+        "  3: relay workers: request claims with leases, the sender of each transaction\n"
     )
     code, out, err = run_cli(capsys, "relay", "db", "migrate", "--db", in_query)
     assert code == 0, err
     printed.append(out + err)
     assert out == (
         "applied migration 2: relay state: meta, requests, checkpoints, batches, transactions, attempts\n"
+        "applied migration 3: relay workers: request claims with leases, the sender of each transaction\n"
         f"backend: postgresql\nlocation: {shown}?application_name=probe\n"
-        "schema version: 2 in the database, 2 in this relay\npending migrations: none\n"
+        "schema version: 3 in the database, 3 in this relay\npending migrations: none\n"
     )
     code, out, err = run_cli(capsys, "relay", "db", "status", "--db", in_query)
     assert code == 0 and "pending migrations: none\n" in out
@@ -458,9 +467,10 @@ def test_db_status_of_a_sqlite_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0 and not path.exists()  # status creates nothing
     assert out == (
         f"backend: sqlite\nlocation: {path}\n"
-        "schema version: 0 in the database (the file does not exist yet), 2 in this relay\n"
-        "pending migrations: 1 (applied by `verinfer relay db migrate` or at start)\n"
+        "schema version: 0 in the database (the file does not exist yet), 3 in this relay\n"
+        "pending migrations: 2 (applied by `verinfer relay db migrate` or at start)\n"
         "  2: relay state: meta, requests, checkpoints, batches, transactions, attempts\n"
+        "  3: relay workers: request claims with leases, the sender of each transaction\n"
     )
     code, out, _ = run_cli(capsys, "relay", "db", "migrate", "--db", str(path))
     assert code == 0 and out.startswith("applied migration 2: ") and path.exists()
@@ -522,7 +532,7 @@ def test_a_newer_schema_stops_relay_run_in_one_line(relay_db: RelayDb, tmp_path:
         env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.splitlines() == [
-        f"verinfer: error: {relay_db.url} has schema version 99, newer than this relay knows (version 2): "
+        f"verinfer: error: {relay_db.url} has schema version 99, newer than this relay knows (version 3): "
         "a newer verinfer migrated it; upgrade this relay, or use another database"
     ]
 
