@@ -27,11 +27,20 @@ from relay.policy import FeePolicy
 from relay.registration import attest_enclave, sign_registration, submit_registration
 from relay.runner import Relay
 from relay.state import RelayState
-from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, running_server, stop
+from verinfer.processes import ANVIL_KEYS, VERINFER, free_port, running_anvil, running_server, stop
 
-from .chain_fixtures import Chain
+from .chain_fixtures import Chain, build_chain
 from .conftest import BATCH_TOKEN
 from .relay_db import RelayDb, rows, statuses
+
+
+@pytest.fixture(scope="module")
+def chain(server: str, server_pki: Path) -> Iterator[Chain]:
+    """A chain of this module's own: its anvil_reorg would leave the session chain with a head anvil cannot
+    return (BlockNotFound for later tests' relays), as test_relay_hostile.py found too."""
+    with running_anvil() as url:
+        yield build_chain(url, server, server_pki)
+
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST = np.load(REPO / "models" / "data" / "mnist-eval.npz")
