@@ -463,11 +463,7 @@ def report(result: ChaosResult) -> str:
     lines = ["| figure | value |", "|---|---|", *(f"| {k} | {val} |" for k, val in rows)]
     lines += ["", "| invariant | count |", "|---|---|", *(f"| {k} | {n} |" for k, n in v.failures().items())]
     details = [
-        *(f"lost: {k}: {why}" for k, why in v.lost.items()),
-        *(f"fulfilled {n} times: {k}" for k, n in v.fulfilled_twice.items()),
-        *(f"nonce stuck: {s}" for s in v.nonces_stuck),
-        *(f"fee to a non-relay: {s}" for s in v.bad_fulfillers),
-        *(f"unexplained balance change: {a}: {d} wei" for a, d in v.unexplained.items()),
+        *v.details(),
         *(f"settled: {k}: {why}" for k, why in v.settled_with_reason.items()),
         *result.notes,
     ]

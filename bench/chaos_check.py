@@ -93,6 +93,16 @@ class Verdict:
     def ok(self) -> bool:
         return not any(self.failures().values())
 
+    def details(self) -> list[str]:
+        """What each failed invariant found, one line a finding (empty when all hold)."""
+        return [
+            *(f"lost: {k}: {why}" for k, why in self.lost.items()),
+            *(f"fulfilled {n} times: {k}" for k, n in self.fulfilled_twice.items()),
+            *(f"nonce stuck: {s}" for s in self.nonces_stuck),
+            *(f"fee to a non-relay: {s}" for s in self.bad_fulfillers),
+            *(f"unexplained balance change: {a}: {d} wei" for a, d in self.unexplained.items()),
+        ]
+
     def latency(self, quantile: float) -> float:
         if not self.latencies:
             return float("nan")

@@ -458,16 +458,7 @@ def report(result: WorkersResult) -> str:
         "|---|---|",
         *(f"| {k} | {n} |" for k, n in result.failures().items()),
     ]
-    details = [
-        *(f"lost: {k}: {why}" for k, why in v.lost.items()),
-        *(f"fulfilled {n} times: {k}" for k, n in v.fulfilled_twice.items()),
-        *(f"nonce stuck: {s}" for s in v.nonces_stuck),
-        *result.open_transactions,
-        *(f"fee to a non-relay: {s}" for s in v.bad_fulfillers),
-        *(f"unexplained balance change: {a}: {d} wei" for a, d in v.unexplained.items()),
-        *result.batch_problems,
-        *result.notes,
-    ]
+    details = [*v.details(), *result.open_transactions, *result.batch_problems, *result.notes]
     if details:
         lines += ["", *details]
     lines += ["", "PASS: all invariants hold" if result.ok else "FAIL"]
