@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from web3.contract import Contract
 from web3.exceptions import Web3Exception
@@ -93,8 +92,3 @@ class LiveSigners:
 
     def forget(self, address: str) -> None:
         self._known.pop(address.lower(), None)
-
-
-def describe(breakers: dict[str, CircuitBreaker]) -> dict[str, Any]:
-    """Each enclave URL's breaker state, for logs and metrics."""
-    return {url: breaker.state for url, breaker in breakers.items()}

@@ -130,6 +130,13 @@ def receipt_verdict(page: Page, table: str = "receipt-body", verdict: str = "rec
     return str(page.get_attribute(f"#{verdict}", "data-verdict"))
 
 
+def iris_ols_exchange(enclave: str) -> tuple[str, str]:
+    """A request and the enclave's answer to it, as the exact texts a user would paste or drop."""
+    request = json.dumps(IRIS_OLS)
+    headers = {"content-type": "application/json"}
+    return request, httpx.post(f"{enclave}/infer", content=request, headers=headers).text
+
+
 def cors_json(body: Any) -> dict[str, Any]:
     return {
         "status": 200,
@@ -247,9 +254,7 @@ def test_answer_from_another_model_is_refused(
 def test_pasted_answer_verifies_and_a_tampered_one_does_not(
     page: Page, explorer: str, enclave: str, pins: dict[str, str]
 ) -> None:
-    request = json.dumps(IRIS_OLS)
-    headers = {"content-type": "application/json"}
-    response = httpx.post(f"{enclave}/infer", content=request, headers=headers).text
+    request, response = iris_ols_exchange(enclave)
     open_and_check(page, explorer, **pins)
     page.fill("#paste-response", response)
     page.fill("#paste-request", request)
@@ -326,9 +331,7 @@ def test_page_opened_from_the_file_verifies_too(
 def test_dropped_files_are_sorted_and_verified(
     page: Page, explorer: str, enclave: str, pins: dict[str, str]
 ) -> None:
-    request = json.dumps(IRIS_OLS)
-    headers = {"content-type": "application/json"}
-    response = httpx.post(f"{enclave}/infer", content=request, headers=headers).text
+    request, response = iris_ols_exchange(enclave)
     open_and_check(page, explorer, **pins)
     files = page.evaluate_handle(
         """([request, response]) => {

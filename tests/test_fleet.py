@@ -19,7 +19,7 @@ from attestation import Policy, TrustedRoot
 from enclave.image import measure_image
 from protocol.images import image_id
 from verinfer.client import Client, UnknownSignerError
-from verinfer.processes import VERINFER, running_nginx, running_server, stop
+from verinfer.processes import VERINFER, free_port, running_nginx, running_server, stop, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 IRIS = [[6.7, 3.0, 5.2, 2.3]]
@@ -120,9 +120,7 @@ def test_one_enclave_stopped_mid_run_costs_no_request(pki: Path, trust: Policy, 
     flow; every request is answered and verified, by the survivor once the other is gone."""
     args = ("--nsm", "sim", "--pki-dir", str(pki), "--no-llm")
     with running_server(*args) as survivor:
-        port = httpx.URL(survivor).port
-        assert port is not None
-        victim_port = _free_port_not(port)
+        victim_port = free_port()  # the survivor holds its port: never this one
         victim_url = f"http://127.0.0.1:{victim_port}"
         victim = subprocess.Popen(
             [VERINFER, "serve", "--host", "127.0.0.1", "--port", str(victim_port), *args],
@@ -130,7 +128,7 @@ def test_one_enclave_stopped_mid_run_costs_no_request(pki: Path, trust: Policy, 
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_ready(victim_url)
+            wait_ready(victim_url, victim)
             with (
                 running_nginx([survivor, victim_url]) as url,
                 Client(url, trust, image_ids=[image]) as client,
@@ -159,26 +157,6 @@ def test_one_enclave_stopped_mid_run_costs_no_request(pki: Path, trust: Policy, 
                 assert answered[-1] == signer(survivor)
         finally:
             stop(victim)
-
-
-def _free_port_not(port: int) -> int:
-    from verinfer.processes import free_port
-
-    while (chosen := free_port()) == port:
-        pass
-    return chosen
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def test_generated_configuration_is_valid_nginx(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ READ_TIMEOUT_S = 300  # LLM streams: the longest answer a client may wait for
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")  # sbin: not on every PATH
     if found is None:
         raise FileNotFoundError("no nginx: install Debian's nginx package (`make setup` does, as root)")
     return found

@@ -47,14 +47,18 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         process.wait()
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], timeout: float = 60.0, path: str = "/v2/health/ready"
+) -> None:
+    """Until GET url+path answers 200; RuntimeError if the process exits first, TimeoutError after
+    `timeout` seconds. `path`: the server's readiness route (the enclave's, by default)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = process.stdout.read().decode() if process.stdout else ""
             raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -73,7 +77,12 @@ def running_server(*args: str, log: Path | None = None) -> Iterator[str]:
 
 @contextmanager
 def running_http_process(
-    command: list[str], url: str, *, log: Path | None = None, cwd: Path | None = None
+    command: list[str],
+    url: str,
+    *,
+    log: Path | None = None,
+    cwd: Path | None = None,
+    ready_path: str = "/v2/health/ready",
 ) -> Iterator[str]:
     """Start an HTTP server process, wait until URL/v2/health/ready answers, stop it on exit.
 
@@ -84,7 +93,7 @@ def running_http_process(
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         try:
-            wait_ready(url, process)
+            wait_ready(url, process, path=ready_path)
         except (RuntimeError, TimeoutError) as exc:
             output.seek(0)
             raise RuntimeError(f"{exc}\n{output.read().decode(errors='replace')}") from exc
@@ -143,25 +152,9 @@ def running_anvil(*args: str) -> Iterator[str]:
 def running_explorer(*args: str) -> Iterator[str]:
     """`verinfer explorer` on a free loopback port, until its page answers. Yields its base URL."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
     command = [VERINFER, "explorer", "--host", "127.0.0.1", "--port", str(port), *args]
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                output.seek(0)
-                raise RuntimeError(f"explorer did not come up:\n{output.read().decode(errors='replace')}")
-            try:
-                if httpx.get(f"{url}/config.json", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with running_http_process(command, f"http://127.0.0.1:{port}", ready_path="/config.json") as url:
         yield url
-    finally:
-        stop(process)
-        output.close()
 
 
 # Debian's chromium (installed by `make setup`): Playwright's own browser download is not used.

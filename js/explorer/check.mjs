@@ -217,20 +217,12 @@ export async function checkEnclave({ attestationJson, modelsJson, nonce, root, p
   } catch (error) {
     if (!(error instanceof AttestationError)) throw error;
     const rule = RULE_OF_REASON[error.code] ?? "chain";
-    if (rule === "document" || rule === "chain") {
-      check.set("document", "pass", check.rules.get("document").detail);
-      check.set(rule, "fail", `${error.code}: ${error.detail}`);
-      skipRest(check, "not judged: the document is not vouched for by the pinned root");
-      return check;
-    }
-    check.set("chain", "pass", `chains to ${root.label}`);
+    const vouched = rule !== "document" && rule !== "chain";
+    if (vouched) check.set("chain", "pass", `chains to ${root.label}`);
     check.set(rule, "fail", `${error.code}: ${error.detail}`);
-    if (rule !== "image") {
-      skipRest(check, "not judged: an earlier rule failed");
-      return check;
-    }
-    // debug_mode: the PCRs are all zero; nothing else about the document can be trusted to mean anything
-    skipRest(check, "not judged: a debug-mode enclave proves nothing");
+    // image here is debug_mode: all-zero PCRs, so nothing else the document says means anything
+    const why = vouched ? "an earlier rule failed" : "the document is not vouched for by the pinned root";
+    skipRest(check, `not judged: ${why}`);
     return check;
   }
   const attested = check.attested;
