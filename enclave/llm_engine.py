@@ -33,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from .heap import release_free_heap
 from .llm_sampling import Sampler, SamplingParams
 
 __all__ = [
@@ -230,6 +231,7 @@ class LlmEngine:
         self._steps_by_batch = [0] * max_batch
         self._finished: dict[str, int] = {"stop": 0, "length": 0, "cancelled": 0, "error": 0}
         self._run_options = ort.RunOptions()
+        release_free_heap()  # the model's parse buffers, freed by now, still sit in the middle of the heap
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()
 
