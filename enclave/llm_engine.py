@@ -12,7 +12,7 @@ appends in place: past_present_share_buffer). A new request is prefilled alone o
 boundary (so running streams stall at most one chunk), then joins the next batched decode step (S=1,
 right-padded attention_mask [k, T]). A finished sequence leaves at once; the last row moves into its place
 (only its used positions are copied). IOBindings are built once per batch size and per row, so a decode
-step rebinds only the attention mask.
+step rebinds only the attention mask. When the last request has left, the C heap is trimmed (enclave/heap.py).
 """
 
 from __future__ import annotations
@@ -231,6 +231,7 @@ class LlmEngine:
         self._steps_by_batch = [0] * max_batch
         self._finished: dict[str, int] = {"stop": 0, "length": 0, "cancelled": 0, "error": 0}
         self._run_options = ort.RunOptions()
+        self._heap_dirty = False  # steps ran since the heap was last trimmed (engine thread only)
         release_free_heap()  # the model's parse buffers, freed by now, still sit in the middle of the heap
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()
@@ -297,9 +298,14 @@ class LlmEngine:
     # ---- engine thread ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            if self._heap_dirty and self._idle():
+                # the last request has left: what its steps freed goes back to the OS (a few ms, off the lock)
+                self._heap_dirty = False
+                release_free_heap()
             with self._cond:
                 while not (self._closing or self._pending or self._active or self._filling):
                     self._cond.wait()
+                self._heap_dirty = True
                 if self._closing:
                     break
                 cancelled = self._take_pending()
@@ -315,6 +321,10 @@ class LlmEngine:
                 log.exception("engine step failed")
                 self._fail_in_flight(f"engine failure: {exc}")
         self._shutdown()
+
+    def _idle(self) -> bool:
+        with self._cond:
+            return not (self._closing or self._pending or self._active or self._filling)
 
     def _fail_in_flight(self, error: str) -> None:
         """Finish the running and the prefilling requests with "error" (the queue is left to run)."""
