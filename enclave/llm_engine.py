@@ -299,7 +299,7 @@ class LlmEngine:
     def _loop(self) -> None:
         while True:
             if self._heap_dirty and self._idle():
-                # the last request has left: what its steps freed goes back to the OS (a few ms, off the lock)
+                # the last request has left: what its steps freed goes back to the OS (<1 ms, off the lock)
                 self._heap_dirty = False
                 release_free_heap()
             with self._cond:
