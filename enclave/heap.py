@@ -10,11 +10,13 @@ calls it after its load and whenever its last request has left (under a millisec
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 
 __all__ = ["release_free_heap"]
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(None)  # the symbols already in the process: glibc's, where it is the C library

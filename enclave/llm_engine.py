@@ -303,7 +303,7 @@ class LlmEngine:
                 self._heap_dirty = False
                 release_free_heap()
             with self._cond:
-                while not (self._closing or self._pending or self._active or self._filling):
+                while self._no_work():
                     self._cond.wait()
                 self._heap_dirty = True
                 if self._closing:
@@ -322,9 +322,13 @@ class LlmEngine:
                 self._fail_in_flight(f"engine failure: {exc}")
         self._shutdown()
 
+    def _no_work(self) -> bool:
+        """Nothing queued, prefilling or decoding, and not closing (hold `_cond`)."""
+        return not (self._closing or self._pending or self._active or self._filling)
+
     def _idle(self) -> bool:
         with self._cond:
-            return not (self._closing or self._pending or self._active or self._filling)
+            return self._no_work()
 
     def _fail_in_flight(self, error: str) -> None:
         """Finish the running and the prefilling requests with "error" (the queue is left to run)."""
