@@ -380,6 +380,12 @@ class _Request:
     timeout_s: float
 
 
+def _decode_rate(tokens: int, first: float | None, last: float | None) -> float | None:
+    """(tokens - 1) over first to last content chunk: the first token is the prefill's, not decode's."""
+    span = None if first is None or last is None else last - first
+    return round((tokens - 1) / span, 1) if span and tokens > 1 else None
+
+
 def _run_stream(req: _Request, barrier: threading.Barrier, rec: _Stream) -> None:
     import openai
 
@@ -461,13 +467,12 @@ def openai_streams(  # noqa: PLR0917  (the bench calls it positionally)
     for r in recs:
         n = r.completion_tokens if r.completion_tokens is not None else r.chunks
         ttft = None if r.first is None else (r.first - r.start) * 1000.0
-        span = None if r.first is None or r.last is None else r.last - r.first
         per_stream.append(
             {
                 "ttft_ms": None if ttft is None else round(ttft, 1),
                 "completion_tokens": n,
                 "content_chunks": r.chunks,
-                "decode_tok_s": round((n - 1) / span, 1) if span and n > 1 else None,
+                "decode_tok_s": _decode_rate(n, r.first, r.last),
                 "finish_reason": r.finish_reason,
                 "error": r.error,
                 "server_timings": r.server_timings,
@@ -551,9 +556,8 @@ def plain_sse_stream(
                             last = now
                             chunks += 1
     n = tokens if tokens is not None else chunks
-    span = None if first is None or last is None else last - first
     return {
-        "decode_tok_s": round((n - 1) / span, 1) if span and n > 1 else None,
+        "decode_tok_s": _decode_rate(n, first, last),
         "ttft_ms": None if first is None else round((first - started) * 1000.0, 1),
         "completion_tokens": n,
     }
