@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,6 +109,18 @@ def test_non_finite_logits_pick_nothing(bad: float) -> None:
     assert Sampler(SamplingParams(max_tokens=1, temperature=0.8, seed=1)).pick(logits) is None
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("at", [0, 7, 999])
+def test_a_decode_step_flags_exactly_the_rows_holding_a_non_finite_value(bad: float, at: int) -> None:
+    rows = np.random.default_rng(at).normal(size=(3, 1000)).astype(np.float32)
+    rows[1, at] = bad
+    rows[2, 3] = rows[2, 5] = 9.0  # a tie: the first maximum wins, as in Sampler.pick
+    finite, best = llm_engine.finite_rows_and_argmax(rows)
+    assert finite == [True, False, True]
+    assert best[0] == int(np.argmax(rows[0])) and best[2] == 3
+    assert finite == np.isfinite(rows).all(axis=1).tolist()
+
+
 @pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999, 1.0])
 def test_nucleus_matches_a_full_stable_sort(top_p: float) -> None:
     rng = np.random.default_rng(3)
@@ -173,6 +186,34 @@ def test_greedy_is_deterministic_and_respects_max_tokens(engine: LlmEngine) -> N
     assert first.tokens == second.tokens
     assert len(first.tokens) == 12
     assert first.reason == "length"
+
+
+def _plain_greedy(session: Any, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding the plain way: run() with an exact-width mask and the cache concatenated each step."""
+    graph = llm_engine._Graph(session)
+    past = {
+        f"past_key_values.{i}.{kind}": np.zeros((1, graph.kv_heads, 0, graph.head_size), np.float32)
+        for i in range(graph.layers)
+        for kind in ("key", "value")
+    }
+    ids, tokens = list(prompt), list[int]()
+    for _ in range(n):
+        feeds = {
+            "input_ids": np.array([ids], np.int64),
+            "attention_mask": np.ones((1, len(tokens) + len(prompt)), np.int64),
+        }
+        logits, *present = session.run(None, {**feeds, **past})
+        past = dict(zip(past, present, strict=True))
+        tokens.append(int(np.argmax(logits[0, -1])))
+        ids = tokens[-1:]
+    return tokens
+
+
+@needs_model
+def test_the_engine_decodes_like_a_plain_loop_with_exact_width_masks(engine: LlmEngine) -> None:
+    """The engine binds a max_context-wide decode mask once; the answer must be the exact-width one's."""
+    for prompt in PROMPTS[:2]:
+        assert run(engine, prompt, greedy(24)).tokens == _plain_greedy(engine.session, prompt, 24)
 
 
 @needs_model
