@@ -6,7 +6,9 @@
    low-level eval: prefill of the ~105-token chat prompt, decode tokens/s over 128 greedy tokens;
 2. over HTTP + SSE with receipts: one stream through the official `openai` client against our server
    (`verinfer serve`) and llama-server, and again with a plain SSE reader (whose parsing costs the shared
-   cores little, so what it loses against in-process is the server's own cost); our server's RSS;
+   cores little, so what it loses against in-process is the server's own cost), each stream against an
+   in-process run of the same runtime made just before it (the machine drifts more than the loss); our
+   server's RSS;
 3. four streams at once through the `openai` client: our server against llama.cpp's C++ `llama-server
    --parallel 4` (continuous batching); aggregate decode tokens/s and the worst time to first token.
 
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -110,7 +112,7 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return round(float(statistics.median(r[key] for r in runs)), 1)
 
 
-def ours_server(threads: int, n_decode: int, runs: int) -> dict[str, Any]:
+def ours_server(threads: int, n_decode: int, runs: int, paired: Paired) -> dict[str, Any]:
     """Single stream and four streams through our server with receipts, plus its memory."""
     import tempfile
 
@@ -124,30 +126,52 @@ def ours_server(threads: int, n_decode: int, runs: int) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, timeout=120)
-        figures = stream_figures(f"{url}/v1", MODEL, OURS_EXTRA_BODY, n_decode, runs)
+        figures = stream_figures(f"{url}/v1", MODEL, OURS_EXTRA_BODY, n_decode, runs, paired=paired)
         rss, peak = _rss_kib(process.pid)
     finally:
         stop(process)
     return {**figures, "rss_mib": round(rss / 1024, 1), "peak_rss_mib": round(peak / 1024, 1)}
 
 
-def theirs_server(threads: int, n_decode: int, runs: int) -> dict[str, Any]:
+def theirs_server(threads: int, n_decode: int, runs: int, paired: Paired) -> dict[str, Any]:
     with llama_server(GGUF, threads, parallel=4) as server:
-        return stream_figures(server.base_url, server.model, LLAMA_SERVER_EXTRA_BODY, n_decode, runs)
+        return stream_figures(
+            server.base_url, server.model, LLAMA_SERVER_EXTRA_BODY, n_decode, runs, paired=paired
+        )
+
+
+# The same runtime's in-process decode tok/s, measured in a fresh process while the server sits idle.
+Paired = Callable[[], float]
 
 
 def stream_figures(
-    base_url: str, model: str, extra_body: Mapping[str, Any], n_decode: int, runs: int
+    base_url: str, model: str, extra_body: Mapping[str, Any], n_decode: int, runs: int, *, paired: Paired
 ) -> dict[str, Any]:
-    """One stream, then four at once, `runs` times each (after a warm-up), through the openai client."""
+    """One stream, then four at once, `runs` times each (after a warm-up), through the openai client.
+
+    Each single stream is preceded by one in-process run of the same runtime (`paired`), and its loss is
+    taken against that run: this machine's speed drifts by 10-20 % within minutes, more than the ~5 %
+    being measured, so a stream is only compared with an in-process run made next to it.
+    """
     messages = chat_messages()
     openai_streams(base_url, model, messages, 1, 8, extra_body)
-    single = [openai_streams(base_url, model, messages, 1, n_decode, extra_body) for _ in range(runs)]
-    plain = [plain_sse_stream(base_url, model, messages, n_decode, extra_body) for _ in range(runs)]
+    single: list[dict[str, Any]] = []
+    plain: list[dict[str, Any]] = []
+    losses: list[float] = []
+    plain_losses: list[float] = []
+    for _ in range(runs):
+        alone = paired()
+        single.append(openai_streams(base_url, model, messages, 1, n_decode, extra_body))
+        losses.append(1 - single[-1]["streams"][0]["decode_tok_s"] / alone)
+        alone = paired()
+        plain.append(plain_sse_stream(base_url, model, messages, n_decode, extra_body))
+        plain_losses.append(1 - plain[-1]["decode_tok_s"] / alone)
     quad = [openai_streams(base_url, model, messages, 4, n_decode, extra_body) for _ in range(runs)]
     return {
         "single_decode_tok_s": _median([r["streams"][0] for r in single], "decode_tok_s"),
         "single_plain_decode_tok_s": _median(plain, "decode_tok_s"),
+        "single_loss_pct": round(100 * statistics.median(losses), 2),
+        "single_plain_loss_pct": round(100 * statistics.median(plain_losses), 2),
         "single_ttft_ms": _median([r["streams"][0] for r in single], "ttft_ms"),
         "quad_aggregate_tok_s": _median(quad, "aggregate_decode_tok_s"),
         "quad_worst_ttft_ms": _median(quad, "worst_ttft_ms"),
@@ -167,6 +191,11 @@ def _worker(kind: str, prompt: list[int], tokens: int, threads: int, runs: int) 
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO, timeout=900)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _alone(kind: str, prompt: list[int], tokens: int, threads: int) -> float:
+    """One in-process decode run (after a warm-up) in a fresh process: the pair of one server stream."""
+    return float(_worker(kind, prompt, tokens, threads, 1)["decode_tok_s"])
 
 
 def _pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -212,8 +241,10 @@ def main() -> None:
             into.append(_worker(kind, prompt, args.tokens, args.threads, args.runs))
         first, second = (ours_server, theirs_server) if round_ % 2 == 0 else (theirs_server, ours_server)
         for serve in (first, second):
+            kind = "ours" if serve is ours_server else "llama"
+            paired = partial(_alone, kind, prompt, args.tokens, args.threads)
             (servers if serve is ours_server else baselines).append(
-                serve(args.threads, args.tokens, args.runs)
+                serve(args.threads, args.tokens, args.runs, paired)
             )
     ours, theirs = _pooled(mine), _pooled(others)
     same = sum(a == b for a, b in zip(ours["tokens"], theirs["tokens"], strict=False))
@@ -234,13 +265,12 @@ def main() -> None:
                 baseline["quad_aggregate_tok_s"], ">= 1.5x vs llama-server --parallel 4"))  # fmt: skip
     print(_line("4 streams: worst time to first token, ms", served["quad_worst_ttft_ms"],
                 baseline["quad_worst_ttft_ms"], "<= llama-server's", higher_better=False))  # fmt: skip
-    http_loss = 1 - served["single_plain_decode_tok_s"] / ours["decode_tok_s"]
-    client_loss = 1 - served["single_decode_tok_s"] / ours["decode_tok_s"]
-    theirs_loss = 1 - baseline["single_decode_tok_s"] / theirs["decode_tok_s"]
     print(
-        f"\n  HTTP+SSE with receipts vs in-process decode: {http_loss * 100:+.1f}% below, plain SSE reader "
-        f"(goal <= 5%);\n    through the openai client, whose per-chunk parsing shares the 2 cores: "
-        f"{client_loss * 100:+.1f}% (llama-server against llama-cpp-python: {theirs_loss * 100:+.1f}%)"
+        "\n  HTTP+SSE with receipts vs in-process decode, each stream against an in-process run made just"
+        f" before it:\n    {served['single_plain_loss_pct']:+.1f}% below with a plain SSE reader"
+        f" (goal <= 5%; llama-server against llama-cpp-python: {baseline['single_plain_loss_pct']:+.1f}%);"
+        f"\n    {served['single_loss_pct']:+.1f}% through the openai client, whose per-chunk parsing shares"
+        f" the 2 cores (llama-server: {baseline['single_loss_pct']:+.1f}%)"
     )
     print(
         f"  server RSS with the LLM loaded: {served['rss_mib']} MiB "
