@@ -398,3 +398,24 @@ def test_the_engine_trims_the_heap_after_its_load_and_when_idle(monkeypatch: pyt
         wait_for(lambda: len(calls) == 3)
         time.sleep(0.2)
         assert len(calls) == 3  # one trim for the whole batch, after both left
+
+
+def test_release_gives_one_rows_pages_back() -> None:
+    cache = llm_engine._lazy_zeros((3, 2, 1024, 16))
+    cache[:, :, :100] = 1.0
+    llm_engine._release(cache, 1)
+    assert not cache[1].any()  # released pages read as zeros again
+    assert cache[0, :, :100].all() and cache[2, :, :100].all()
+
+
+@needs_model
+def test_kv_pages_stay_for_the_next_request_and_go_back_once_idle() -> None:
+    """Re-mapping released pages costs a prompt a fault per 4 KiB, so rows keep them while requests come;
+    after kv_release_after_s of idleness every row's pages go back to the OS."""
+    with LlmEngine(
+        MODEL_DIR, max_batch=2, max_context=64, queue_limit=0, threads=1, kv_release_after_s=0.3
+    ) as small:
+        first = run(small, PROMPTS[0][:8], greedy(6)).tokens
+        assert small._keys[0][0].any()  # kept: the request has left, the engine is not idle long enough
+        wait_for(lambda: not any(cache.any() for cache in (*small._keys, *small._values)))
+        assert run(small, PROMPTS[0][:8], greedy(6)).tokens == first
