@@ -546,12 +546,13 @@ def openapi_schema(api: FastAPI) -> dict[str, Any]:
 
 
 def _with_gateway(
-    gateway: SealedGateway, inference: FastRoute | None, method: str, path: str
+    gateway: SealedGateway, inference: FastRoute | None, llm: FastRoute | None, method: str, path: str
 ) -> FastHandler | None:
-    """The edge's fast route: the OHTTP gateway's POST and the inference routes."""
+    """The edge's fast route: the OHTTP gateway's POST, the inference routes and the LLM's generation."""
     if method == "POST" and path == GATEWAY_PATH:
         return gateway.handle
-    return None if inference is None else inference(method, path)
+    handler = None if inference is None else inference(method, path)
+    return handler if handler is not None or llm is None else llm(method, path)
 
 
 def _claims(route: FastRoute, method: str, path: str) -> bool:
@@ -664,5 +665,6 @@ def create_app(
     )
     api.state.gateway = gateway
     if fast_path:
-        return edge(access_log, partial(_with_gateway, gateway, inference))
+        generation = None if llm is None else llm_api.llm_route(llm, on_error)
+        return edge(access_log, partial(_with_gateway, gateway, inference, generation))
     return edge(access_log, None)

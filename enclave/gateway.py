@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from protocol import bhttp, ohttp
-from protocol.edge import SEALED_SALT, ASGIApp, FastReply, FastRoute, Headers, Message, error_body
+from protocol.edge import SEALED_SALT, ASGIApp, FastRoute, Headers, Message, error_body
 from protocol.errors import ProtocolError, RequestError
 from protocol.hpke import SealingKey
 from protocol.sealing import SALT_HEADER, SALT_SIZE
@@ -152,7 +152,9 @@ class SealedGateway:
     def keys_body(self) -> bytes:
         return self.gateway.keys_body
 
-    async def handle(self, body: bytes, headers: Headers, _salt: bytes | None = None) -> FastReply:
+    async def handle(
+        self, body: bytes, headers: Headers, _salt: bytes | None = None
+    ) -> tuple[int, bytes, Headers]:
         """POST /.well-known/ohttp-gateway as the edge's fast handler: (body, headers) -> reply."""
         media_type = next((value for name, value in headers if name == b"content-type"), b"")
         if media_type.split(b";")[0].strip().lower() != _REQUEST_TYPE:
@@ -207,7 +209,9 @@ class SealedGateway:
         path, _, query = request.path.partition("?")
         handler = None if self.fast_route is None else self.fast_route(request.method, path)
         if handler is not None:
-            status, payload, extra = await handler(request.content, headers, salt)
+            status, reply, extra = await handler(request.content, headers, salt)
+            # an Oblivious HTTP answer is one message: a deferred body is collected whole
+            payload = reply if isinstance(reply, bytes) else b"".join([c async for c in reply.chunks])
             out = [*extra, *self.fast_headers]
             if not any(name == b"content-type" for name, _ in extra):
                 out.append((b"content-type", b"application/json"))

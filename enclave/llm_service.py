@@ -327,21 +327,23 @@ class LlmService:
         prompt = len(plan.prompt)
         return {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}
 
-    async def complete(self, plan: Plan, disconnected: Callable[[], Awaitable[bool]]) -> bytes:
-        """The non-streamed answer; stops generating when the client has gone."""
+    async def complete(self, plan: Plan, disconnected: Callable[[], Awaitable[bool]] | None) -> bytes:
+        """The non-streamed answer; stops generating when `disconnected()` says the client has gone (None:
+        the caller cancels this coroutine instead, as the HTTP edge does)."""
         timing = Timing(time.perf_counter())
         parts: list[str] = []
         last: Piece | None = None
         iterator = self.pieces(plan, timing)
-        watcher = asyncio.ensure_future(_wait_disconnect(disconnected))
+        watcher = None if disconnected is None else asyncio.ensure_future(_wait_disconnect(disconnected))
         try:
             async for piece in iterator:
                 parts.append(piece.text)
                 last = piece
-                if watcher.done():
+                if watcher is not None and watcher.done():
                     break
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await iterator.aclose()
         if last is None or last.finish is None:
             raise RequestError(499, "client_closed", "the client closed the connection")

@@ -15,10 +15,12 @@ Error families:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
 from typing import IO, Any
 
 import orjson
@@ -37,6 +39,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+log = logging.getLogger("verinfer.edge")
+_INTERNAL = RequestError(500, "internal", "internal error; nothing was signed")
 REQUEST_ID_HEADER = b"x-request-id"
 # Scope key of a request that arrived sealed (enclave/gateway.py): its 32-byte commitment salt. Only the
 # gateway sets it, on the inner request it decrypted; no header of a clear request can.
@@ -174,8 +178,27 @@ class _Disconnected(Exception):
 
 
 Headers = list[tuple[bytes, bytes]]
+
+
+class Deferred:
+    """A fast reply whose body is made after the handler has returned, while the edge watches the client.
+
+    `chunks` is sent as it comes, with the chunked coding (server-sent events), or, when `whole`, yields
+    exactly one body, sent with its length (and compressed like any fast reply); a RequestError it raises
+    before that becomes the error answer. A client that leaves cancels the sending, and closing `chunks`
+    stops the work behind it: the edge answers a generation as it would /infer, without FastAPI's routing,
+    middleware and StreamingResponse between each event and the socket.
+    """
+
+    __slots__ = ("chunks", "whole")
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], *, whole: bool = False) -> None:
+        self.chunks = chunks
+        self.whole = whole
+
+
 # (status, body, headers): JSON unless the headers name another content-type.
-FastReply = tuple[int, bytes, Headers]
+FastReply = tuple[int, bytes | Deferred, Headers]
 # (body, headers, sealing salt) -> reply; the salt is the scope's SEALED_SALT (None for a clear request).
 FastHandler = Callable[[bytes, Headers, bytes | None], Awaitable[FastReply]]
 FastRoute = Callable[[str, str], FastHandler | None]
@@ -215,7 +238,8 @@ class HttpEdge:
 
     `fast_route(method, path)` may claim a request for an async handler from (body bytes, request headers) to
     (status, body, headers), answered here straight from ASGI messages with `fast_headers`: the enclave's
-    inference routes, where FastAPI's per-request machinery would cost as much as signing. Everything else
+    inference routes, where FastAPI's per-request machinery would cost as much as signing, and the LLM's
+    generations, whose body is a `Deferred` (made, or streamed, after the handler returns). Everything else
     goes to `app`. Request bodies in gzip or deflate are inflated here (within the body limit) for every
     route, and answers are compressed when the client's Accept-Encoding asks (protocol/compression.py);
     streamed answers (server-sent events) are never held back to be compressed.
@@ -283,15 +307,12 @@ class HttpEdge:
                 if handler is not None:
                     status, payload, extra = await handler(body, scope["headers"], scope.get(SEALED_SALT))
                     headers = [*extra, *self.fast_headers, (REQUEST_ID_HEADER, request_id)]
-                    if not any(key == _CONTENT_TYPE for key, _ in extra):
-                        headers.append(_JSON_TYPE)
-                    if compress is not None and len(payload) >= MIN_COMPRESSED_SIZE:
-                        payload = encode_body(compress, payload)
-                        headers.append((b"content-encoding", compress.encode()))
-                        headers.append((b"vary", b"accept-encoding"))
-                    headers.append((b"content-length", b"%d" % len(payload)))
-                    await send({"type": "http.response.start", "status": status, "headers": headers})
-                    await send({"type": "http.response.body", "body": payload})
+                    if isinstance(payload, Deferred):
+                        status = await _send_deferred(
+                            _Sending(send, status, headers, compress, scope["path"]), payload, receive
+                        )
+                    else:
+                        await _send_whole(send, status, payload, headers, compress)
                 else:
                     # Under /v2 only inference answers are compressed, as Triton does: Triton's async
                     # client asks for gzip on every request but inflates only inference answers.
@@ -381,6 +402,88 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+async def _send_whole(
+    send: Send, status: int, payload: bytes, headers: Headers, compress: str | None
+) -> None:
+    """A fast reply in one body: JSON unless named otherwise, compressed if asked for, with its length."""
+    if not any(key == _CONTENT_TYPE for key, _ in headers):
+        headers.append(_JSON_TYPE)
+    if compress is not None and len(payload) >= MIN_COMPRESSED_SIZE:
+        payload = encode_body(compress, payload)
+        headers.append((b"content-encoding", compress.encode()))
+        headers.append((b"vary", b"accept-encoding"))
+    headers.append((b"content-length", b"%d" % len(payload)))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class _Sending:
+    """One Deferred reply on its way: where it goes, and how far it got."""
+
+    __slots__ = ("compress", "done", "headers", "path", "send", "status")
+
+    def __init__(self, send: Send, status: int, headers: Headers, compress: str | None, path: str) -> None:
+        self.send = send
+        self.status = status
+        self.headers = headers
+        self.compress = compress
+        self.path = path
+        self.done = False  # the answer's last message is being sent: a disconnect now is its completion
+
+
+async def _send_deferred(sending: _Sending, reply: Deferred, receive: Receive) -> int:
+    """Send `reply` while watching the client; the status answered, 499 when the client left first."""
+    pump = asyncio.ensure_future(_pump(sending, reply))
+    gone = asyncio.ensure_future(receive())  # the body is read: the next message is http.disconnect
+    try:
+        await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping: stop the work too
+        pump.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if not pump.done() and not sending.done:
+        pump.cancel()  # the client left: closing the chunks stops what makes them
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        return 499
+    await pump  # raises what a bug raised
+    return sending.status
+
+
+async def _pump(sending: _Sending, reply: Deferred) -> None:
+    send, chunks = sending.send, reply.chunks
+    try:
+        if reply.whole:
+            try:
+                body = await anext(chunks)
+            except RequestError as error:
+                body = _deferred_error(sending, error)
+            except Exception:  # a bug: answered in the route's error shape, nothing signed
+                log.exception("a deferred answer failed")
+                body = _deferred_error(sending, _INTERNAL)
+            sending.done = True
+            await _send_whole(send, sending.status, body, sending.headers, sending.compress)
+            return
+        # streamed answers are never held back to be compressed
+        await send({"type": "http.response.start", "status": sending.status, "headers": sending.headers})
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        sending.done = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await chunks.aclose()
+
+
+def _deferred_error(sending: _Sending, error: RequestError) -> bytes:
+    sending.status = error.status
+    sending.headers = [
+        *((k, v) for k, v in sending.headers if k != _CONTENT_TYPE),
+        *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
+    ]
+    return error_for_path(sending.path, error)
 
 
 async def _send_error(send: Send, error: RequestError, path: str) -> None:
