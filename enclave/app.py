@@ -617,6 +617,8 @@ def create_app(
     def on_error(error: RequestError) -> None:
         metrics.error_counter(error.code).inc()
 
+    api.state.on_error = on_error
+
     for path, handler, method, options in ROUTES:
         api.add_api_route(path, handler, methods=[method], **options)
     llm_api.install(api, llm)
