@@ -27,6 +27,7 @@ from protocol.edge import (
     FastRoute,
     Headers,
     HttpEdge,
+    header_pairs,
     install_error_handlers,
 )
 from protocol.errors import RequestError, bad_request, not_found
@@ -642,7 +643,7 @@ def create_app(
     if arrivals is not None:  # count what the batcher will see: the fast route's requests
         arrivals.is_inference = None if inference is None else partial(_claims, inference)
         metrics.inference_in_flight.set_function(arrivals)
-    fast_headers = [(k.lower().encode(), v.encode()) for k, v in api.state.extra_headers.items()]
+    fast_headers = header_pairs(api.state.extra_headers)
 
     def edge(log: AccessLog, fast_route: FastRoute | None) -> HttpEdge:
         return HttpEdge(

@@ -24,6 +24,7 @@ from protocol.edge import (
     FastReply,
     FastRoute,
     Headers,
+    header_pairs,
     openai_error_body,
 )
 from protocol.errors import RequestError
@@ -131,8 +132,7 @@ async def _answer(
         first = await anext(events)  # a 429 or other refusal surfaces here, before a 200 is sent
     except RequestError as error:
         on_error(error)
-        headers_out = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-        return error.status, openai_error_body(error), headers_out
+        return error.status, openai_error_body(error), header_pairs(error.headers)
     return 200, Deferred(_prepend(first, events)), [*out, *_SSE_HEADERS]
 
 

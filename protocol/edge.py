@@ -258,7 +258,7 @@ class HttpEdge:
     ) -> None:
         self.app = app
         self.fast_route = fast_route
-        self.fast_headers = [(k.lower().encode(), v.encode()) for k, v in (fast_headers or {}).items()]
+        self.fast_headers = header_pairs(fast_headers or {})
         self.max_body = max_body
         self.access_log = access_log or AccessLog(None)
         self.observe = observe  # (path, status, seconds) of every answered request, for metrics
@@ -477,11 +477,16 @@ async def _pump(sending: _Sending, reply: Deferred) -> None:
         await chunks.aclose()
 
 
+def header_pairs(headers: Mapping[str, str]) -> Headers:
+    """Headers given by name (a refusal's Retry-After or Allow, the server's own) as ASGI pairs."""
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+
 def _deferred_error(sending: _Sending, error: RequestError) -> bytes:
     sending.status = error.status
     sending.headers = [
         *((k, v) for k, v in sending.headers if k != _CONTENT_TYPE),
-        *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
+        *header_pairs(error.headers),
     ]
     return error_for_path(sending.path, error)
 
@@ -491,7 +496,7 @@ async def _send_error(send: Send, error: RequestError, path: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     # The unread rest of the body is not drained: the connection is closed after the answer.
     headers.append((b"connection", b"close"))
-    headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+    headers.extend(header_pairs(error.headers))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
