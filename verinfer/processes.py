@@ -104,6 +104,12 @@ def running_http_process(
 
 
 ANVIL = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "anvil"
+# anvil 1.7.1 keeps the newest block states in memory and moves older ones to a disk cache; a reorg or
+# rollback to a block whose state sits in that cache rebuilds the chain without the accounts' code (seen
+# after ~900 blocks: every contract is gone). Pruned history keeps states in memory only, up to this many
+# blocks, which no test or demo comes near.
+ANVIL_STATES_IN_MEMORY = 100_000
+
 # anvil's default development accounts (public test keys from its fixed mnemonic): never use on a real chain.
 ANVIL_KEYS = (
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
@@ -122,7 +128,17 @@ def running_anvil(*args: str) -> Iterator[str]:
         raise FileNotFoundError(f"{ANVIL} is missing: run `make setup` (npm install) first")
     port = free_port()
     process = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent", *args],
+        [
+            str(ANVIL),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--silent",
+            "--prune-history",
+            str(ANVIL_STATES_IN_MEMORY),
+            *args,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
