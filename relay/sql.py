@@ -223,6 +223,9 @@ POSTGRESQL_WRITE_LOCK = "SELECT pg_advisory_xact_lock(8534996907027166309)"
 LEADER_LOCK_KEY = 8534996856917811489
 POSTGRESQL_TRY_LEADER = "SELECT pg_try_advisory_lock(%s)"
 POSTGRESQL_ALIVE = "SELECT 1"
+# A leader that stops gives the lock back at once; closing the connection alone frees it only when the
+# server has reaped the backend, which a successor checking right away may not see yet.
+POSTGRESQL_GIVE_UP_LEADER = "SELECT pg_advisory_unlock(%s)"
 # On the leader's connection, the server probes the leader's socket when it has been silent for 10 s and drops
 # it after 3 unanswered probes 5 s apart: a leader whose host vanished (power, network) frees the lock in
 # about 25 s, not after the operating system's default of two hours.

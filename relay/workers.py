@@ -76,7 +76,10 @@ class Leadership:
     def close(self) -> None:
         """Give the leadership up (closing the connection releases the lock)."""
         if self._conn is not None:
-            with contextlib.suppress(Exception):  # closing a broken connection
+            with contextlib.suppress(Exception):  # giving up over, or closing, a broken connection
+                if self.leader:
+                    self._conn.execute(sql.POSTGRESQL_GIVE_UP_LEADER, (sql.LEADER_LOCK_KEY,))
+            with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
         if not self.always:

@@ -151,9 +151,23 @@ def test_the_leader_lock_is_exclusive_and_passes_on(two_workers: tuple[RelayStat
     leader, other = Leadership(first, A), Leadership(second, B)
     assert leader.check() and leader.check()  # and stays so
     assert not other.check() and not other.check()
-    leader.close()  # the leader's connection closes (it died): the lock is free
+    leader.close()  # a leader that stops gives the lock back at once, for the next check to take
     assert other.check()
     assert not leader.check()
+    other.close()
+
+
+def test_a_dead_leaders_lock_passes_on_when_the_server_drops_its_connection(
+    two_workers: tuple[RelayState, RelayState],
+) -> None:
+    first, second = two_workers
+    leader, other = Leadership(first, A), Leadership(second, B)
+    assert leader.check()
+    leader._conn.close()  # the leader died: no unlock, only its connection ends
+    deadline = time.monotonic() + 10
+    while not other.check():
+        assert time.monotonic() < deadline, "the lock of a dead leader never passed on"
+        time.sleep(0.05)
     other.close()
 
 
