@@ -74,9 +74,9 @@ class Leadership:
         return self.leader
 
     def close(self) -> None:
-        """Give the leadership up (closing the connection releases the lock)."""
+        """Give the leadership up: unlock, so the next worker's check takes it at once, then close."""
         if self._conn is not None:
-            with contextlib.suppress(Exception):  # giving up over, or closing, a broken connection
+            with contextlib.suppress(Exception):  # a broken connection: closing it frees the lock too
                 if self.leader:
                     self._conn.execute(sql.POSTGRESQL_GIVE_UP_LEADER, (sql.LEADER_LOCK_KEY,))
             with contextlib.suppress(Exception):
