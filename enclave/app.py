@@ -645,7 +645,7 @@ def create_app(
         metrics.inference_in_flight.set_function(arrivals)
     fast_headers = header_pairs(api.state.extra_headers)
 
-    def edge(log: AccessLog, fast_route: FastRoute | None) -> HttpEdge:
+    def edge(log: AccessLog, fast_route: FastRoute | None, direct_route: FastRoute | None = None) -> HttpEdge:
         return HttpEdge(
             api,
             max_body=max_body,
@@ -654,6 +654,7 @@ def create_app(
             on_error=on_error,
             fast_route=fast_route,
             fast_headers=api.state.extra_headers,
+            direct_route=direct_route,
         )
 
     # Requests opened by the gateway reach the same routes, limits and metrics, but write no access-log
@@ -669,5 +670,7 @@ def create_app(
     api.state.gateway = gateway
     if fast_path:
         generation = None if llm is None else llm_api.llm_route(llm, on_error)
-        return edge(access_log, partial(_with_gateway, gateway, inference, generation))
+        # the HTTP protocol may answer inference and the gateway itself: their replies are whole bodies
+        whole = partial(_with_gateway, gateway, inference, None)
+        return edge(access_log, partial(_with_gateway, gateway, inference, generation), whole)
     return edge(access_log, None)

@@ -137,7 +137,9 @@ def serve(settings: ServeSettings) -> int:
         server_header=False,
         # No X-Forwarded-* rewriting: nothing here uses the client's address, and it costs every request.
         proxy_headers=False,
-        http=counting_protocol(arrivals),  # one write per answer; arrivals (enclave/http_protocol.py)
+        # one write per answer, arrivals, direct answers (enclave/http_protocol.py); with CORS every answer
+        # goes through the middleware
+        http=counting_protocol(arrivals, None if settings.cors_origins else app),
         timeout_graceful_shutdown=settings.shutdown_timeout,
     )
 

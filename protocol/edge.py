@@ -42,6 +42,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("verinfer.edge")
 _INTERNAL = RequestError(500, "internal", "internal error; nothing was signed")
 REQUEST_ID_HEADER = b"x-request-id"
+# Bodies up to this size may be answered by the HTTP protocol itself (HttpEdge.direct); uvicorn stops reading
+# a connection past it, so larger ones keep its flow control.
+DIRECT_BODY_LIMIT = 64 * 1024
 # Scope key of a request that arrived sealed (enclave/gateway.py): its 32-byte commitment salt. Only the
 # gateway sets it, on the inner request it decrypted; no header of a clear request can.
 SEALED_SALT = "verinfer.sealed_salt"
@@ -209,13 +212,14 @@ _JSON_TYPE = (_CONTENT_TYPE, b"application/json")
 class _Request:
     """What the edge reads from a request's headers, in one pass."""
 
-    __slots__ = ("accept_encoding", "content_encoding", "content_length", "request_id")
+    __slots__ = ("accept_encoding", "content_encoding", "content_length", "request_id", "transfer_encoding")
 
     def __init__(self) -> None:
         self.request_id: bytes | None = None
         self.content_length: bytes | None = None
         self.content_encoding: bytes | None = None
         self.accept_encoding: bytes | None = None
+        self.transfer_encoding = False
 
 
 def _read_headers(headers: Headers) -> _Request:
@@ -230,6 +234,8 @@ def _read_headers(headers: Headers) -> _Request:
             request.content_encoding = value
         elif key == b"accept-encoding":
             request.accept_encoding = value
+        elif key == b"transfer-encoding":
+            request.transfer_encoding = True
     return request
 
 
@@ -243,6 +249,9 @@ class HttpEdge:
     goes to `app`. Request bodies in gzip or deflate are inflated here (within the body limit) for every
     route, and answers are compressed when the client's Accept-Encoding asks (protocol/compression.py);
     streamed answers (server-sent events) are never held back to be compressed.
+
+    `direct_route` names the fast routes whose replies are always whole bodies (never a `Deferred`): the
+    HTTP protocol may answer those itself, without ASGI messages (`direct`, enclave/http_protocol.py).
     """
 
     def __init__(
@@ -255,9 +264,12 @@ class HttpEdge:
         on_error: Callable[[RequestError], None] | None = None,
         fast_route: FastRoute | None = None,
         fast_headers: Mapping[str, str] | None = None,
+        direct_route: FastRoute | None = None,
     ) -> None:
         self.app = app
         self.fast_route = fast_route
+        self.direct_route = direct_route
+        self._direct_limit = min(max_body, DIRECT_BODY_LIMIT)
         self.fast_headers = header_pairs(fast_headers or {})
         self.max_body = max_body
         self.access_log = access_log or AccessLog(None)
@@ -346,10 +358,79 @@ class HttpEdge:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def direct(self, method: str, path: str, headers: Headers) -> DirectExchange | None:
+        """The request, if the HTTP protocol may answer it without ASGI: a `direct_route`, a body of a
+        declared length within the limits and no content coding either way (the edge's own work then has
+        nothing to do but the request id, the headers, the metrics and the access log); else None, and the
+        request goes through `__call__` as any other."""
+        handler = None if self.direct_route is None else self.direct_route(method, path)
+        if handler is None:
+            return None
+        request = _read_headers(headers)
+        length = request.content_length
+        if (
+            length is None
+            or not length.isdigit()
+            or int(length) > self._direct_limit
+            or request.content_encoding is not None
+            or request.accept_encoding is not None
+            or request.transfer_encoding
+        ):
+            return None
+        return DirectExchange(
+            self, handler, method, path, headers, request_id=request.request_id or self._fresh_id()
+        )
+
     def _fresh_id(self) -> bytes:
         """A random per-process prefix and a counter: unique, and cheaper than fresh randomness each time."""
         self._counter += 1
         return b"%s%08x" % (self._prefix, self._counter)
+
+
+class DirectExchange:
+    """One request answered by the HTTP protocol itself (HttpEdge.direct): the same handler, reply headers,
+    metrics and access-log line as the fast route answered through ASGI."""
+
+    __slots__ = ("edge", "handler", "headers", "method", "path", "request_id", "started")
+
+    def __init__(
+        self,
+        edge: HttpEdge,
+        handler: FastHandler,
+        method: str,
+        path: str,
+        headers: Headers,
+        *,
+        request_id: bytes,
+    ) -> None:
+        self.edge = edge
+        self.handler = handler
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.request_id = request_id
+        self.started = time.perf_counter()
+
+    async def answer(self, body: bytes) -> tuple[int, Headers, bytes]:
+        """(status, response headers with the length, body) for the request's whole body."""
+        try:
+            status, payload, extra = await self.handler(body, self.headers, None)
+        except Exception:  # the fast handlers answer their own failures; this would be a bug
+            log.exception("a direct answer failed")
+            status, payload, extra = _INTERNAL.status, error_body(_INTERNAL, v2=is_v2(self.path)), []
+        if isinstance(payload, Deferred):  # not a direct route's reply: a bug, answered as one
+            await payload.chunks.aclose()
+            log.error("a direct route answered a deferred body: %s", self.path)
+            status, payload, extra = _INTERNAL.status, error_body(_INTERNAL, v2=is_v2(self.path)), []
+        headers = [*extra, *self.edge.fast_headers, (REQUEST_ID_HEADER, self.request_id)]
+        return status, _whole_headers(headers, payload), payload
+
+    def finish(self, status: int) -> None:
+        """Count and log the exchange (status 499: the client left before the answer)."""
+        edge = self.edge
+        if edge.observe is not None:
+            edge.observe(self.path, status, time.perf_counter() - self.started)
+        edge.access_log.write(self.request_id, self.method, self.path, status, self.started)
 
 
 def _decoded_scope(scope: Scope, length: int) -> Scope:
@@ -408,15 +489,20 @@ async def _send_whole(
     send: Send, status: int, payload: bytes, headers: Headers, compress: str | None
 ) -> None:
     """A fast reply in one body: JSON unless named otherwise, compressed if asked for, with its length."""
-    if not any(key == _CONTENT_TYPE for key, _ in headers):
-        headers.append(_JSON_TYPE)
     if compress is not None and len(payload) >= MIN_COMPRESSED_SIZE:
         payload = encode_body(compress, payload)
         headers.append((b"content-encoding", compress.encode()))
         headers.append((b"vary", b"accept-encoding"))
-    headers.append((b"content-length", b"%d" % len(payload)))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": _whole_headers(headers, payload)})
     await send({"type": "http.response.body", "body": payload})
+
+
+def _whole_headers(headers: Headers, payload: bytes) -> Headers:
+    """A whole reply's headers: JSON unless they name another content-type, and the body's length."""
+    if not any(key == _CONTENT_TYPE for key, _ in headers):
+        headers.append(_JSON_TYPE)
+    headers.append((b"content-length", b"%d" % len(payload)))
+    return headers
 
 
 class _Sending:
