@@ -319,6 +319,24 @@ class Backend(ABC):
             raise StateError(one_line(f"{what} {self.location}: {exc}", self.url.secrets)) from exc
 
 
+def _execute_waiting(db: sqlite3.Connection, statement: str, deadline: float) -> None:
+    """Run `statement`, retrying while the database is busy until `deadline`.
+
+    Switching a new file to WAL needs an exclusive lock, and when several connections try at once (relay
+    workers starting together) SQLite answers all but one SQLITE_BUSY at once instead of calling the busy
+    handler, since each holds the shared lock the others wait for: the connection's `timeout` does not
+    apply.
+    """
+    while True:
+        try:
+            db.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
+
+
 class SqliteBackend(Backend):
     def __init__(self, url: DbUrl) -> None:
         super().__init__(url)
@@ -328,7 +346,7 @@ class SqliteBackend(Backend):
             raise StateError(f"cannot open the state file {url.location}: {exc}") from exc
         try:
             for pragma in sql.SQLITE_PRAGMAS:
-                self.db.execute(pragma)
+                _execute_waiting(self.db, pragma, time.monotonic() + SQLITE_BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             self.db.close()
             raise StateError(f"cannot open the state file {url.location}: {exc}") from exc
