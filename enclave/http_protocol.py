@@ -46,7 +46,8 @@ class CoalescingTransport:
             self._loop.call_soon(self.flush)
         else:
             joined, self._held = self._held + data, None
-            self._transport.write(joined)
+            if not self._transport.is_closing():  # closed meanwhile (a refused pipelined request): drop it
+                self._transport.write(joined)
 
     def flush(self) -> None:
         if self._held is not None:

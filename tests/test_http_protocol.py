@@ -56,6 +56,23 @@ def test_a_head_goes_out_with_its_body() -> None:
     assert asyncio.run(run()) == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next turn"]
 
 
+def test_an_answer_to_a_closed_connection_is_dropped() -> None:
+    """Regression: uvicorn closes a connection when a request pipelined behind another is malformed; the
+    earlier request's answer, written after that, reached uvloop's closed transport, which raised (logged as
+    "Exception in ASGI application")."""
+
+    async def run() -> RecordingTransport:
+        inner = RecordingTransport()
+        transport = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+        transport.close()
+        transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        transport.write(b"body")  # RecordingTransport, like uvloop's, refuses a write once closed
+        await asyncio.sleep(0)
+        return inner
+
+    assert asyncio.run(run()).writes == []
+
+
 def test_close_writes_what_is_pending_first() -> None:
     async def run() -> RecordingTransport:
         inner = RecordingTransport()
