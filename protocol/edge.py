@@ -413,15 +413,17 @@ class DirectExchange:
 
     async def answer(self, body: bytes) -> tuple[int, Headers, bytes]:
         """(status, response headers with the length, body) for the request's whole body."""
+        payload: bytes | Deferred | None = None
         try:
             status, payload, extra = await self.handler(body, self.headers, None)
         except Exception:  # the fast handlers answer their own failures; this would be a bug
             log.exception("a direct answer failed")
-            status, payload, extra = _INTERNAL.status, error_body(_INTERNAL, v2=is_v2(self.path)), []
         if isinstance(payload, Deferred):  # not a direct route's reply: a bug, answered as one
             await payload.chunks.aclose()
             log.error("a direct route answered a deferred body: %s", self.path)
-            status, payload, extra = _INTERNAL.status, error_body(_INTERNAL, v2=is_v2(self.path)), []
+            payload = None
+        if payload is None:
+            status, payload, extra = _INTERNAL.status, error_for_path(self.path, _INTERNAL), []
         headers = [*extra, *self.edge.fast_headers, (REQUEST_ID_HEADER, self.request_id)]
         return status, _whole_headers(headers, payload), payload
 
