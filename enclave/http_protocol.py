@@ -26,7 +26,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from protocol.edge import DirectExchange, Headers, HttpEdge
+from protocol.edge import CLIENT_CLOSED, DirectExchange, Headers, HttpEdge
 
 
 class CoalescingTransport:
@@ -180,7 +180,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         body = cycle.body[0] if len(cycle.body) == 1 else b"".join(cycle.body)
         status, headers, payload = await exchange.answer(body)
         if cycle.disconnected:
-            status = 499  # nginx's code for "client closed the request", as the edge logs it
+            status = CLIENT_CLOSED
         else:
             self._write_whole(status, headers, payload, cycle.keep_alive)
             cycle.response_complete = True

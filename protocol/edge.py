@@ -42,6 +42,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("verinfer.edge")
 _INTERNAL = RequestError(500, "internal", "internal error; nothing was signed")
 REQUEST_ID_HEADER = b"x-request-id"
+CLIENT_CLOSED = 499  # nginx's status for "client closed the request": logged, never sent
 # Bodies up to this size may be answered by the HTTP protocol itself (HttpEdge.direct); uvicorn stops reading
 # a connection past it, so larger ones keep its flow control.
 DIRECT_BODY_LIMIT = 64 * 1024
@@ -313,7 +314,7 @@ class HttpEdge:
                     self.on_error(error)
                 await _send_error(send_with_id, error, scope["path"])
             except _Disconnected:
-                status = 499  # nginx's code for "client closed the request"; nothing is sent
+                status = CLIENT_CLOSED
             else:
                 handler = None if self.fast_route is None else self.fast_route(scope["method"], scope["path"])
                 if handler is not None:
@@ -428,7 +429,7 @@ class DirectExchange:
         return status, _whole_headers(headers, payload), payload
 
     def finish(self, status: int) -> None:
-        """Count and log the exchange (status 499: the client left before the answer)."""
+        """Count and log the exchange (CLIENT_CLOSED: the client left before the answer)."""
         edge = self.edge
         if edge.observe is not None:
             edge.observe(self.path, status, time.perf_counter() - self.started)
@@ -536,7 +537,7 @@ async def _send_deferred(sending: _Sending, reply: Deferred, receive: Receive) -
         pump.cancel()  # the client left: closing the chunks stops what makes them
         with contextlib.suppress(asyncio.CancelledError):
             await pump
-        return 499
+        return CLIENT_CLOSED
     await pump  # raises what a bug raised
     return sending.status
 
